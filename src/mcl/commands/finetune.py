@@ -1,0 +1,130 @@
+"""`mcl finetune`: Mask R-CNN (torchvision v2 layout) on a COCO-format set, scored with pycocotools."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+NAME = "finetune"
+HELP = "Fine-tune Mask R-CNN on a COCO-format set and print COCO AP (default data: synthetic scenes)."
+ACCEPTS_OVERRIDES = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="recipe YAML (a path, or a packaged name: finetune_cpu_smoke, "
+                                         "finetune_coco_1x); default: the paper's 1x transfer setting")
+    parser.add_argument("--init", help="initial weights: an mcl checkpoint, an exported or torchvision state dict, "
+                                       "'torchvision' (local ImageNet file) or 'random'")
+    parser.add_argument("--train-json", help="COCO-format train annotations")
+    parser.add_argument("--train-images", help="folder the train json's file_name entries are relative to")
+    parser.add_argument("--val-json", help="COCO-format val annotations")
+    parser.add_argument("--val-images", help="folder the val json's file_name entries are relative to")
+    parser.add_argument("--out", help="run folder for checkpoints, logs, evaluation and detector.pt")
+    parser.add_argument("--schedule", type=float, help="schedule length in units of 1x (2 = 2x)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.epilog = "Any config key can be overridden: section.key=value or --section.key value."
+
+
+def resolve(args: argparse.Namespace, extra: list[str]):
+    """The config: recipe defaults <- YAML <- overrides <- the named flags."""
+    from mcl.config import load_config, merge, parse_overrides
+    from mcl.transfer.finetune_config import FinetuneConfig
+
+    flags = {("model", "init"): args.init, ("data", "train_json"): args.train_json,
+             ("data", "train_images"): args.train_images, ("data", "val_json"): args.val_json,
+             ("data", "val_images"): args.val_images, ("trainer", "out"): args.out,
+             ("schedule", "factor"): args.schedule}
+    cli: dict = {}
+    for (section, key), value in flags.items():
+        if value is not None:
+            cli.setdefault(section, {})[key] = value
+    return load_config(FinetuneConfig, args.config, merge(parse_overrides(extra), cli))
+
+
+def synthetic_data(cfg, run_dir: Path) -> dict[str, str]:
+    """Train and val synthetic scenes (seeds ``s`` and ``s + 1``) under ``RUN_DIR/data``, written once.
+
+    Rank 0 writes; other processes (started by a cluster launcher at the same time) wait for the json.
+    """
+    from mcl.commands.pretrain import is_rank_zero
+    from mcl.data.synthetic import write_coco_scenes
+
+    d = cfg.data
+    root = run_dir / "data"
+    paths = {}
+    for split, num, seed in (("train", d.synthetic_train_num, d.synthetic_seed),
+                             ("val", d.synthetic_val_num, d.synthetic_seed + 1)):
+        json_path = root / f"{split}.json"
+        if is_rank_zero() and not json_path.is_file():
+            print(f"writing {num} synthetic {split} scenes ({d.synthetic_size}px, seed {seed}) to {root}", flush=True)
+            write_coco_scenes(root, num, seed, d.synthetic_size, split_name=split)
+        for _ in range(600):
+            if json_path.is_file():
+                break
+            time.sleep(1)
+        paths[f"{split}_json"], paths[f"{split}_images"] = str(json_path), str(root)
+    return paths
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    import lightning as L
+
+    from mcl.commands.pretrain import is_rank_zero
+    from mcl.config import save_yaml, to_dict
+    from mcl.errors import UserError
+    from mcl.train import find_resume_checkpoint
+    from mcl.transfer.coco_data import CocoDetection, make_loader
+    from mcl.transfer.detection import (DetectionFinetuneModule, expected_world_size, load_initial_weights,
+                                        make_trainer)
+    from mcl.transfer.evaluate import format_table
+
+    cfg = resolve(args, extra)
+    run_dir = Path(cfg.trainer.out)
+    ckpt_path = None
+    if args.resume:
+        ckpt_path = find_resume_checkpoint(run_dir)
+        print(f"resuming from {ckpt_path}", flush=True)
+    elif run_dir.is_dir() and any(run_dir.glob("*.ckpt")):
+        raise UserError(f"{run_dir} already holds checkpoints: add --resume to continue that run, "
+                        f"or choose a new --out (nothing was overwritten)")
+    L.seed_everything(cfg.trainer.seed, verbose=False)
+    if cfg.data.synthetic:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **synthetic_data(cfg, run_dir)))
+    d = cfg.data
+    masks = None if cfg.model.masks == "auto" else cfg.model.masks
+    train_set = CocoDetection(d.train_json, d.train_images, train=True, with_masks=masks, flip_prob=d.flip_prob,
+                              skip_missing_images=d.skip_missing_images)
+    val_set = CocoDetection(d.val_json, d.val_images, train=False, label_map=train_set.label_map,
+                            with_masks=train_set.with_masks, skip_missing_images=d.skip_missing_images)
+    val_gt = val_set.evaluation_gt()
+    for line in train_set.report.lines() + val_set.report.lines():
+        print(line, flush=True)
+    labels = train_set.label_map
+    print(f"{'Mask' if train_set.with_masks else 'Faster'} R-CNN {cfg.model.arch}: {len(labels.category_ids)} "
+          f"categories, {len(train_set)} train / {len(val_set)} val images", flush=True)
+
+    module = DetectionFinetuneModule(to_dict(cfg), list(labels.category_ids), list(labels.names), train_set.with_masks)
+    if ckpt_path is None:
+        print(load_initial_weights(module.detector, cfg.model.init), flush=True)
+    plan = module.plan(expected_world_size(cfg.trainer), cfg.trainer.accumulate_grad_batches)
+    print(plan.describe(), flush=True)
+    every = cfg.trainer.eval_every_steps or plan.iterations
+    trainer = make_trainer(cfg.trainer, run_dir, max_steps=plan.iterations,
+                           val_every_batches=every * cfg.trainer.accumulate_grad_batches)
+    module.set_evaluation(val_gt, run_dir / "eval", gt_json=str(d.val_json), val_images=str(d.val_images))
+    if is_rank_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+    train_loader = make_loader(train_set, d.batch_size, d.num_workers, shuffle=True)
+    val_loader = make_loader(val_set, d.batch_size, d.num_workers, shuffle=False)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    if module.last_eval_step != trainer.global_step:
+        trainer.validate(module, val_loader, verbose=False)
+    if trainer.is_global_zero:
+        detector = module.save_detector(run_dir / "detector.pt")
+        print(f"\nfinal COCO AP on {d.val_json} (step {trainer.global_step}):\n{format_table(module.last_results)}\n"
+              f"detector: {detector}  (score it again: mcl eval {detector} --val-json J --val-images DIR)\n"
+              f"results: {run_dir / 'eval' / 'results.json'}", flush=True)
+    return 0

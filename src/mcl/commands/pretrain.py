@@ -1,0 +1,79 @@
+"""`mcl pretrain`: MCL pretraining with Lightning (one device, many devices, many nodes)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+NAME = "pretrain"
+HELP = "Pretrain ResNet + FPN + box-head convs with MCL (default data: the embedded synthetic scenes)."
+ACCEPTS_OVERRIDES = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="recipe YAML (a path, or a packaged name: cpu_smoke, r50_1gpu, "
+                                         "paper_r50_in1k_100ep); default: paper-mode defaults")
+    parser.add_argument("--data", help="images: a folder (recursive), a COCO json, or a .txt list of paths")
+    parser.add_argument("--image-root", help="root for a COCO json's file_names (default: the json's folder)")
+    parser.add_argument("--out", help="run folder for checkpoints, logs and the resolved config")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
+    parser.epilog = "Any config key can be overridden: section.key=value or --section.key value."
+
+
+def is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0 and \
+        int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def resolve(args: argparse.Namespace, extra: list[str]):
+    from mcl.config import load_config, parse_overrides, merge
+    from mcl.pretrain_config import PretrainConfig, validate
+
+    overrides = parse_overrides(extra)
+    cli = {}
+    if args.data:
+        cli.setdefault("data", {})["source"] = args.data
+    if args.image_root:
+        cli.setdefault("data", {})["image_root"] = args.image_root
+    if args.out:
+        cli.setdefault("trainer", {})["out"] = args.out
+    cfg = load_config(PretrainConfig, args.config, merge(overrides, cli))
+    validate(cfg)
+    return cfg
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from mcl.config import save_yaml
+    from mcl.errors import UserError
+    from mcl.train import MCLDataModule, MCLPretrainModule, build_trainer, config_dict, find_resume_checkpoint
+    from mcl.summary import RunSummary
+
+    cfg = resolve(args, extra)
+    run_dir = Path(cfg.trainer.out)
+    module = MCLPretrainModule(config_dict(cfg))           # validates the geometry before any work
+    if args.dry_run:
+        from mcl.plan import describe_plan
+        print(describe_plan(cfg))
+        return 0
+    ckpt_path = None
+    if args.resume:
+        ckpt_path = find_resume_checkpoint(run_dir)
+        print(f"resuming from {ckpt_path}", flush=True)
+    elif run_dir.is_dir() and any(run_dir.glob("*.ckpt")):
+        raise UserError(f"{run_dir} already holds checkpoints: add --resume to continue that run, "
+                        f"or choose a new --out (nothing was overwritten)")
+    if is_rank_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+    summary = RunSummary(run_dir)
+    trainer = build_trainer(cfg, run_dir, extra_callbacks=[summary])
+    datamodule = MCLDataModule(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    trainer.save_checkpoint(run_dir / "last.ckpt")
+    if trainer.is_global_zero:
+        print(summary.text(trainer, run_dir / "last.ckpt"), flush=True)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,115 @@
+"""Multi-level InfoNCE (MCL-SPEC section 4), as pure functions of tensors.
+
+For level ``i`` and view ``v`` with cells ``c`` of source image ``y_c`` (index in the global batch):
+
+    p_c = normalize(predictor_i(online_cell_embedding_c))            (N_i, D)
+    t_b = normalize(target_level0_embedding_b of the other view)     (G, D), gathered over processes
+    L_{i,v} = mean_c  -log softmax_b(p_c . t_b / T)[y_c]  *  2 T  *  w_i
+    L = sum_i sum_v L_{i,v}
+
+Every other image of the global batch is a negative; there is no queue, and other cells of the
+same montage are not negatives (they are simply other images). ``T = 1``, ``w = (1/2, 1/4, 1/8, 1/8)``
+in paper mode.
+
+Across processes each rank holds its own cells and its own ``B`` targets per view. Targets carry no
+gradient (they come from the EMA encoder), so a plain all-gather is exact; labels are offset by
+``rank * B``. Each rank's loss is the mean over its own cells, and DDP's gradient average over
+ranks then equals a single process's gradient on the global batch (equal cells per rank).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def gather_targets(targets: Tensor) -> tuple[Tensor, int]:
+    """All-gather ``(B, D)`` targets into ``(W*B, D)``; returns them and this rank's label offset ``rank*B``.
+
+    Targets carry no gradient, so the plain (non-differentiable) collective is exact here.
+    Works without an initialised process group (returns the input and offset 0).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return targets, 0
+    world = dist.get_world_size()
+    buffers = [torch.empty_like(targets) for _ in range(world)]
+    dist.all_gather(buffers, targets.detach().contiguous())
+    return torch.cat(buffers, dim=0), dist.get_rank() * targets.shape[0]
+
+
+@dataclass
+class LevelStats:
+    """Per-level figures for logging (all detached 0-d tensors: no host sync in the step)."""
+
+    loss: Tensor
+    pos_cosine: Tensor
+    neg_cosine: Tensor
+
+
+def info_nce(predictions: Tensor, targets: Tensor, labels: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+    """InfoNCE of cells against image targets.
+
+    Args:
+        predictions: ``(N, D)`` predictor outputs (normalised here).
+        targets: ``(G, D)`` target embeddings, already L2-normalised.
+        labels: ``(N,)`` index into ``targets`` of each cell's positive.
+    Returns:
+        ``(loss * 2T, mean positive cosine, mean negative cosine)``; loss is the mean over cells.
+    """
+    p = F.normalize(predictions.float(), dim=1)
+    cos = p @ targets.float().t()                                  # (N, G)
+    loss = F.cross_entropy(cos / temperature, labels) * (2.0 * temperature)
+    with torch.no_grad():
+        positive = cos.gather(1, labels[:, None]).squeeze(1)
+        neg_sum = cos.sum(1) - positive
+        num_neg = max(cos.shape[1] - 1, 1)
+        pos_mean = positive.mean()
+        neg_mean = (neg_sum / num_neg).mean()
+    return loss, pos_mean, neg_mean
+
+
+def multi_level_loss(predictions: list[list[Tensor]], labels: list[list[Tensor]], targets: list[Tensor],
+                     level_weights: list[float], temperature: float = 1.0,
+                     gather: bool = True) -> tuple[Tensor, list[LevelStats]]:
+    """The MCL loss, summed over levels and both directions.
+
+    Args:
+        predictions: ``predictions[v][i]`` of shape ``(N_i, D)``: view ``v``'s level-``i`` cell predictions.
+        labels: ``labels[v][i]`` of shape ``(N_i,)``: batch-local source image of each cell, in ``[0, B)``.
+        targets: ``targets[v]`` of shape ``(B, D)``: view ``v``'s level-0 target embeddings (no gradient).
+        level_weights: ``w_i`` per level.
+        gather: all-gather targets over processes (global-batch negatives).
+    Returns:
+        ``(total loss, per-level stats)``; a level's stats average its two directions.
+    """
+    if len(predictions) != 2 or len(targets) != 2:
+        raise ValueError("multi_level_loss expects two views")
+    num_levels = len(level_weights)
+    normalised, offsets = [], []
+    for t in targets:
+        t = F.normalize(t.detach().float(), dim=1)
+        if gather:
+            t, offset = gather_targets(t)
+        else:
+            offset = 0
+        normalised.append(t)
+        offsets.append(offset)
+    total = predictions[0][0].new_zeros((), dtype=torch.float32)
+    stats = []
+    for i in range(num_levels):
+        level_loss, pos, neg = [], [], []
+        for v in range(2):
+            other = 1 - v
+            loss, p_cos, n_cos = info_nce(predictions[v][i], normalised[other],
+                                          labels[v][i] + offsets[other], temperature)
+            level_loss.append(loss * level_weights[i])
+            pos.append(p_cos)
+            neg.append(n_cos)
+        level_total = level_loss[0] + level_loss[1]
+        total = total + level_total
+        stats.append(LevelStats(level_total.detach(), (pos[0] + pos[1]).detach() / 2, (neg[0] + neg[1]).detach() / 2))
+    return total, stats

@@ -1,0 +1,139 @@
+"""The pretraining config tree. Defaults are paper mode (MCL-SPEC) except where a comment says otherwise.
+
+Recipes under ``configs/`` override these; every key can be overridden on the command line
+(``optim.base_lr=0.5`` or ``--optim.base_lr 0.5``). ``validate`` refuses out-of-range values before
+any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mcl.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    source: str | None = None          # folder, COCO json or .txt list; None: the embedded synthetic scenes
+    image_root: str | None = None      # root for a COCO json's file_names (default: the json's folder)
+    batch_size: int = 128              # unique images per device and step (B)
+    crop_size: int = 224               # S; must equal 32 x model.cell_size
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    num_workers: int = 7               # loader workers per device (released config: 7)
+    max_image_side: int = 4096         # larger images are decoded at reduced size (memory cap)
+    synthetic_num: int = 2048          # embedded scenes: how many, which seed, what size
+    synthetic_seed: int = 0
+    synthetic_size: int = 256
+
+
+@dataclass
+class MontageConfig:
+    ratios: list[int] = field(default_factory=lambda: [1, 2, 4, 8])      # r_i: cells per montage side
+    repeats: list[int] = field(default_factory=lambda: [1, 1, 1, 2])     # c_i: times each image appears
+    interpolation: Literal["nearest", "bilinear_antialias"] = "nearest"  # released: nearest
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    fpn_channels: int = 256
+    cell_size: int = 7
+    neck_convs: int = 4
+    neck_hidden: int = 2048
+    embed_dim: int = 256
+    predictor_hidden: int = 2048
+    compute_mode: Literal["efficient", "faithful"] = "faithful"   # the released code's compute
+    momentum_base: float = 0.99                                    # EMA m_0 (cosine to 1.0)
+    sync_bn: bool | Literal["auto"] = "auto"                       # auto: SyncBN with > 1 process
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 1.0
+    level_weights: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.125, 0.125])
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["lars", "sgd"] = "lars"
+    base_lr: float = 1.0               # lr = base_lr x global_batch / 256
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001   # LARS eta
+    exclude_bn_bias: bool = True       # BN and biases: no weight decay, no LARS adaptation
+    warmup_epochs: float = 10.0
+    warmup_steps: int | None = None    # overrides warmup_epochs when set
+    warmup_start_ratio: float = 1e-4
+    min_lr: float = 1e-4               # end of the per-iteration cosine
+    clip_grad_norm: float | None = 500.0
+
+
+@dataclass
+class TrainerConfig:
+    out: str = "runs/mcl"
+    max_epochs: int = 100
+    max_steps: int = -1                # > 0: stop after this many optimizer steps (schedules span them)
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "16-mixed"        # paper: fp16; use bf16-mixed on Ampere+, 32-true on CPU
+    accumulate_grad_batches: int = 1
+    checkpoint_every_steps: int = 1000
+    keep_checkpoints: int = 3
+    log_every_steps: int = 10
+    seed: int = 0
+    deterministic: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    montage: MontageConfig = field(default_factory=MontageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def validate(cfg: PretrainConfig) -> None:
+    """Refuse values that cannot work, with one line naming the key; cheap checks only."""
+    checks = [
+        (cfg.data.batch_size >= 2, "data.batch_size", "must be >= 2 (the loss needs negatives)"),
+        (cfg.data.crop_size >= 32, "data.crop_size", "must be >= 32"),
+        (len(cfg.data.crop_scale) == 2 and 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1,
+         "data.crop_scale", "must be [min, max] with 0 < min <= max <= 1"),
+        (cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0"),
+        (cfg.data.synthetic_num >= cfg.data.batch_size or cfg.data.source is not None, "data.synthetic_num",
+         "must be >= data.batch_size"),
+        (cfg.model.cell_size >= 1, "model.cell_size", "must be >= 1"),
+        (0 <= cfg.model.momentum_base < 1, "model.momentum_base", "must be in [0, 1)"),
+        (cfg.loss.temperature > 0, "loss.temperature", "must be > 0"),
+        (all(w >= 0 for w in cfg.loss.level_weights), "loss.level_weights", "must be >= 0"),
+        (cfg.optim.base_lr > 0, "optim.base_lr", "must be > 0"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
+        (0 <= cfg.optim.momentum < 1, "optim.momentum", "must be in [0, 1)"),
+        (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0"),
+        (0 < cfg.optim.warmup_start_ratio <= 1, "optim.warmup_start_ratio", "must be in (0, 1]"),
+        (cfg.optim.min_lr >= 0, "optim.min_lr", "must be >= 0"),
+        (cfg.optim.clip_grad_norm is None or cfg.optim.clip_grad_norm > 0, "optim.clip_grad_norm", "must be > 0 or null"),
+        (cfg.trainer.max_epochs >= 1 or cfg.trainer.max_steps > 0, "trainer.max_epochs", "must be >= 1"),
+        (cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1"),
+        (cfg.trainer.checkpoint_every_steps >= 1, "trainer.checkpoint_every_steps", "must be >= 1"),
+        (cfg.trainer.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1"),
+        (cfg.trainer.log_every_steps >= 1, "trainer.log_every_steps", "must be >= 1"),
+        (cfg.trainer.num_nodes >= 1, "trainer.num_nodes", "must be >= 1"),
+    ]
+    for ok, key, why in checks:
+        if not ok:
+            value = eval_key(cfg, key)
+            raise UserError(f"{key} = {value!r} {why}")
+
+
+def eval_key(cfg: PretrainConfig, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node

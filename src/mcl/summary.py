@@ -1,0 +1,92 @@
+"""End-of-run summary: a one-screen text and a PNG of the per-level curves from the CSV log."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+
+
+class RunSummary(Callback):
+    """Tracks wall time and images seen; at the end writes ``summary.png`` from ``logs/metrics.csv``."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.start = time.time()
+        self.images = 0
+        self.start_step = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.time()
+        self.start_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.images += batch["crops"].shape[0] * trainer.world_size
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            plot_curves(self.run_dir / "logs" / "metrics.csv", self.run_dir / "summary.png")
+
+    def text(self, trainer, checkpoint: Path) -> str:
+        elapsed = time.time() - self.start
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        lines = [
+            "-" * 60,
+            f"MCL pretraining finished: {trainer.global_step} optimizer steps ({trainer.global_step - self.start_step} "
+            f"this session) in {elapsed:.1f} s",
+            f"unique images seen this session: {self.images} ({self.images / max(elapsed, 1e-9):.1f} img/s)",
+        ]
+        levels = sorted({k.split("level")[-1] for k in metrics if "loss_level" in k})
+        for lv in levels:
+            lines.append(f"  level {lv}: loss {metrics.get(f'train/loss_level{lv}', float('nan')):.4f}  "
+                         f"pos cos {metrics.get(f'train/pos_cos_level{lv}', float('nan')):.3f}  "
+                         f"neg cos {metrics.get(f'train/neg_cos_level{lv}', float('nan')):.3f}")
+        if "train/loss" in metrics:
+            lines.append(f"  total loss {metrics['train/loss']:.4f}")
+        lines += [f"checkpoint: {checkpoint}", f"logs: {self.run_dir / 'logs'} (CSV + TensorBoard)",
+                  f"curves: {self.run_dir / 'summary.png'}", "-" * 60]
+        return "\n".join(lines)
+
+
+def read_metrics(csv_path: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{metric: [(step, value), ...]}`` from Lightning's CSV log (empty cells skipped)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    if not csv_path.is_file():
+        return series
+    with csv_path.open() as f:
+        for row in csv.DictReader(f):
+            step = int(float(row.get("step") or 0))
+            for key, value in row.items():
+                if key in ("step", "epoch") or value in ("", None):
+                    continue
+                series.setdefault(key, []).append((step, float(value)))
+    return series
+
+
+def plot_curves(csv_path: Path, png_path: Path) -> Path | None:
+    """Per-level loss and positive/negative cosine against step, as a 3-panel PNG."""
+    series = read_metrics(csv_path)
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, prefix, title in zip(axes, ("train/loss_level", "train/pos_cos_level", "train/neg_cos_level"),
+                                 ("loss per level", "mean positive cosine", "mean negative cosine")):
+        for key in sorted(k for k in series if k.startswith(prefix)):
+            steps, values = zip(*series[key])
+            ax.plot(steps, values, label=f"level {key[len(prefix):]}")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend()
+    fig.tight_layout()
+    tmp = png_path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(png_path)
+    return png_path

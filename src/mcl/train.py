@@ -1,0 +1,214 @@
+"""Lightning glue for MCL pretraining: the data module, the LightningModule and the Trainer factory.
+
+Lightning provides DDP across devices and nodes, SLURM, mixed precision, SyncBN, gradient
+clipping and accumulation, checkpoint/resume, the progress bar and the loggers. This module adds
+only what MCL needs: the model, LARS with the warm-up + cosine schedule, the EMA update after
+every optimizer step, and per-level logging.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from mcl.config import from_dict, to_dict
+from mcl.data.sources import ImageDataset, SkipReport, collate_views, list_images
+from mcl.data.synthetic import SyntheticScenes
+from mcl.data.views import MultiCropViews
+from mcl.errors import UserError
+from mcl.models.ema import cosine_momentum
+from mcl.models.mcl import MCL
+from mcl.optim import build_optimizer, scaled_lr, warmup_cosine_factor
+from mcl.pretrain_config import PretrainConfig
+
+
+def build_model(cfg: PretrainConfig) -> MCL:
+    """The MCL model described by a config (validates the geometry)."""
+    m = cfg.model
+    model = MCL(arch=m.arch, crop_size=cfg.data.crop_size, cell_size=m.cell_size, ratios=cfg.montage.ratios,
+                repeats=cfg.montage.repeats, fpn_channels=m.fpn_channels, neck_convs=m.neck_convs,
+                neck_hidden=m.neck_hidden, embed_dim=m.embed_dim, predictor_hidden=m.predictor_hidden,
+                level_weights=cfg.loss.level_weights, temperature=cfg.loss.temperature,
+                compute_mode=m.compute_mode, interpolation=cfg.montage.interpolation)
+    model.num_montages(cfg.data.batch_size)
+    return model
+
+
+def build_views(cfg: PretrainConfig) -> MultiCropViews:
+    """The 8-crop augmentation (4 crops per view, one per level)."""
+    return MultiCropViews(crop_size=cfg.data.crop_size, scale=tuple(cfg.data.crop_scale),
+                          crops_per_view=len(cfg.montage.ratios))
+
+
+def build_dataset(cfg: PretrainConfig):
+    """The configured image source (or the embedded synthetic scenes), yielding 8-crop samples."""
+    views = build_views(cfg)
+    d = cfg.data
+    if d.source is None:
+        return SyntheticScenes(num=d.synthetic_num, seed=d.synthetic_seed, size=d.synthetic_size, transform=views)
+    paths = list_images(d.source, d.image_root)
+    return ImageDataset(paths, views, max_side=d.max_image_side, source_name=str(d.source))
+
+
+class MCLDataModule(L.LightningDataModule):
+    """Shuffled, drop-last batches of ``B`` images x ``2L`` crops; Lightning shards them across ranks."""
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.dataset = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            self.dataset = build_dataset(self.cfg)
+
+    def train_dataloader(self) -> DataLoader:
+        d = self.cfg.data
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if len(self.dataset) < d.batch_size * world:
+            raise UserError(f"the dataset has {len(self.dataset)} images, fewer than one global batch "
+                            f"({d.batch_size} x {world} processes): lower data.batch_size or add images")
+        return DataLoader(self.dataset, batch_size=d.batch_size, shuffle=True, drop_last=True,
+                          num_workers=d.num_workers, collate_fn=collate_views,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0)
+
+
+class MCLPretrainModule(L.LightningModule):
+    """The MCL model, LARS + warm-up/cosine, the EMA target update, and per-level logging."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.cfg: PretrainConfig = from_dict(PretrainConfig, config)
+        self.model = build_model(self.cfg)
+        self.skip_report: SkipReport | None = None
+        self._last_ema_step = 0
+        self._step_timer: float | None = None
+
+    # ----- setup -----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        mode = self.cfg.model.sync_bn
+        world = self.trainer.world_size
+        if mode is True or (mode == "auto" and world > 1):
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        source = self.cfg.data.source or "the synthetic scenes"
+        self.skip_report = SkipReport(source)
+
+    def global_batch(self) -> int:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return self.cfg.data.batch_size * world * self.cfg.trainer.accumulate_grad_batches
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: dataset size // global batch."""
+        dataset = self.trainer.datamodule.dataset
+        return max(len(dataset) // self.global_batch(), 1)
+
+    def total_steps(self) -> int:
+        return int(self.trainer.estimated_stepping_batches)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        lr = scaled_lr(o.base_lr, self.global_batch())
+        trainable = torch.nn.ModuleDict({"online": self.model.online, "predictors": self.model.predictors})
+        optimizer = build_optimizer(trainable, o.name, lr, o.weight_decay, o.momentum, o.trust_coefficient,
+                                    o.exclude_bn_bias)
+        total = self.total_steps()
+        warmup = o.warmup_steps if o.warmup_steps is not None else round(o.warmup_epochs * self.steps_per_epoch())
+        warmup = min(int(warmup), total)
+        min_lr = min(o.min_lr, lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: warmup_cosine_factor(k, total, warmup, lr, min_lr, o.warmup_start_ratio))
+        self.planned = {"lr": lr, "total_steps": total, "warmup_steps": warmup, "global_batch": self.global_batch()}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ----- the step --------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if batch["skipped"] and self.skip_report is not None:
+            self.skip_report.update(batch["skipped"])
+        out = self.model(batch["crops"])
+        bs = batch["crops"].shape[0]
+        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=bs)
+        for i, s in enumerate(out.levels):
+            self.log(f"train/loss_level{i}", s.loss, batch_size=bs)
+            self.log(f"train/pos_cos_level{i}", s.pos_cosine, batch_size=bs)
+            self.log(f"train/neg_cos_level{i}", s.neg_cosine, batch_size=bs)
+        now = time.perf_counter()
+        if self._step_timer is not None:
+            world = self.trainer.world_size
+            self.log("img_per_s", bs * world / max(now - self._step_timer, 1e-9), prog_bar=True, batch_size=bs)
+        self._step_timer = now
+        return out.loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        step = self.trainer.global_step
+        if step > self._last_ema_step:
+            momentum = cosine_momentum(step, self.total_steps(), self.cfg.model.momentum_base)
+            self.model.update_target(momentum)
+            self._last_ema_step = step
+            self.log("train/momentum", momentum, batch_size=1)
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
+            self.log("train/global_step", float(step), batch_size=1)
+
+    def on_train_epoch_end(self) -> None:
+        if self.skip_report is not None and self.skip_report.count:
+            print(self.skip_report.summary(), flush=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mcl_last_ema_step"] = self._last_ema_step
+        checkpoint["mcl_format"] = "mcl-pretrain/1"
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._last_ema_step = int(checkpoint.get("mcl_last_ema_step", 0))
+
+
+def build_trainer(cfg: PretrainConfig, run_dir: Path, extra_callbacks: list[Callback] | None = None) -> L.Trainer:
+    """A Lightning Trainer with checkpointing every N steps (newest K kept, plus ``last.ckpt``) and logs."""
+    t = cfg.trainer
+    checkpoint = ModelCheckpoint(dirpath=run_dir, filename="step{step:07d}", auto_insert_metric_name=False,
+                                 every_n_train_steps=t.checkpoint_every_steps, save_last=True,
+                                 monitor="train/global_step", mode="max", save_top_k=t.keep_checkpoints)
+    callbacks: list[Callback] = [checkpoint]
+    if t.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    callbacks += extra_callbacks or []
+    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="")]
+    precision = resolve_precision(t.precision)
+    return L.Trainer(
+        default_root_dir=run_dir, max_epochs=t.max_epochs if t.max_steps <= 0 else -1, max_steps=t.max_steps,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=precision, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.clip_grad_norm, gradient_clip_algorithm="norm",
+        log_every_n_steps=t.log_every_steps, callbacks=callbacks, logger=loggers,
+        deterministic=t.deterministic, enable_progress_bar=t.progress_bar, enable_model_summary=False,
+        use_distributed_sampler=True,
+    )
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto``: bf16-mixed on GPUs that support it, 16-mixed on other GPUs, 32-true on the CPU."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def find_resume_checkpoint(run_dir: Path) -> Path:
+    """``last.ckpt`` if present, else the newest ``*.ckpt`` in the run folder."""
+    last = run_dir / "last.ckpt"
+    if last.is_file():
+        return last
+    candidates = sorted(run_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise UserError(f"--resume: no checkpoint (*.ckpt) in {run_dir} (run without --resume to start fresh)")
+    return candidates[-1]
+
+
+def config_dict(cfg: PretrainConfig) -> dict:
+    return to_dict(cfg)

@@ -1,0 +1,403 @@
+"""Mask R-CNN in torchvision's v2 layout, its initialisation from pretrained weights, and its fine-tuning.
+
+The layout is ``maskrcnn_resnet50_fpn_v2``'s (MCL-SPEC section 7): ResNet body with trainable BN,
+FPN with BN, RPN head with 2 convs, 4conv1fc box head with BN (``roi_heads.box_head.0-3`` convs,
+``.5`` fc), mask head with BN. Other depths build the same modules, so state-dict keys differ only
+inside ``backbone.body``. Without masks it is the matching Faster R-CNN (no ``roi_heads.mask_*``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import (FasterRCNN, MaskRCNN, fasterrcnn_resnet50_fpn_v2,
+                                          maskrcnn_resnet50_fpn_v2)
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, RPNHead, _default_anchorgen
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from mcl.config import from_dict
+from mcl.errors import UserError
+from mcl.models.backbone import make_resnet
+from mcl.transfer.evaluate import coco_evaluate, format_table, predictions_to_coco, write_results
+from mcl.transfer.finetune_config import FinetuneConfig, TrainerConfig, lr_factor, resolve_schedule
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class MultiScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's detector input transform with separate train and test sizes.
+
+    Training draws each image's short side uniformly from ``train_min_sizes`` (torchvision supports a
+    tuple there); evaluation uses ``test_min_size``; the long side is capped at ``max_size``. Boxes and
+    masks are resized with the image, and predictions are mapped back to the original image size.
+    """
+
+    def __init__(self, train_min_sizes, test_min_size: int, max_size: int):
+        super().__init__(tuple(train_min_sizes), max_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.train_min_sizes = tuple(train_min_sizes)
+        self.test_min_size = test_min_size
+
+    def resize(self, image, target=None):
+        # torchvision evaluates at min_size[-1]; pick the tuple for the current mode first.
+        self.min_size = self.train_min_sizes if self.training else (self.test_min_size,)
+        return super().resize(image, target)
+
+
+def _v2_layout(body: nn.Module, num_classes: int, with_masks: bool, **kwargs) -> nn.Module:
+    """``maskrcnn_resnet50_fpn_v2``'s construction around any torchvision ResNet ``body``."""
+    backbone = _resnet_fpn_extractor(body, 5, norm_layer=nn.BatchNorm2d)
+    anchors = _default_anchorgen()
+    rpn_head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=2)
+    box_head = FastRCNNConvFCHead((backbone.out_channels, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
+    parts = dict(rpn_anchor_generator=anchors, rpn_head=rpn_head, box_head=box_head, **kwargs)
+    if with_masks:
+        mask_head = MaskRCNNHeads(backbone.out_channels, [256] * 4, 1, norm_layer=nn.BatchNorm2d)
+        return MaskRCNN(backbone, num_classes=num_classes, mask_head=mask_head, **parts)
+    return FasterRCNN(backbone, num_classes=num_classes, **parts)
+
+
+def build_detector(arch: str = "resnet50", num_classes: int = 91, with_masks: bool = True, norm: str = "bn",
+                   train_min_sizes=(800,), test_min_size: int = 800, max_size: int = 1333,
+                   **kwargs) -> nn.Module:
+    """A randomly initialised v2-layout Mask R-CNN (Faster R-CNN if ``not with_masks``); nothing is downloaded.
+
+    ``num_classes`` counts the background, as in torchvision (K categories -> K + 1).
+    ``norm``: "bn" (trainable BatchNorm everywhere) or "syncbn" (the same, converted to SyncBatchNorm).
+    ``kwargs`` go to torchvision's ``MaskRCNN`` (e.g. ``rpn_post_nms_top_n_train``, ``box_detections_per_img``).
+    """
+    if norm not in ("bn", "syncbn"):
+        raise ValueError(f"norm {norm!r} should be 'bn' or 'syncbn'")
+    if arch == "resnet50":
+        # with no weights torchvision trains all 5 stages and uses plain BatchNorm2d in the body
+        builder = maskrcnn_resnet50_fpn_v2 if with_masks else fasterrcnn_resnet50_fpn_v2
+        model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    else:
+        model = _v2_layout(make_resnet(arch), num_classes, with_masks, **kwargs)
+    model.transform = MultiScaleTransform(train_min_sizes, test_min_size, max_size)
+    if norm == "syncbn":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+# ---------------------------------------------------------------- initialisation from a file
+
+REPORT_PARTS = ("backbone.body", "backbone.fpn", "roi_heads.box_head")
+_CLASS_DEPENDENT = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+
+
+def _part(key: str) -> str:
+    return next((p for p in REPORT_PARTS if key.startswith(p + ".")), "other")
+
+
+def _summarise(keys) -> str:
+    groups = Counter(".".join(k.split(".")[:3]) for k in keys)
+    return ", ".join(f"{prefix} ({n})" for prefix, n in sorted(groups.items())) or "none"
+
+
+@dataclass
+class InitReport:
+    """Where the detector's tensors came from: per part ``(loaded, total)``, and what stayed random or unused."""
+
+    source: str
+    loaded: dict[str, tuple[int, int]] = field(default_factory=dict)
+    random_init: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        bar = "=" * 72
+        lines = [bar, f"detector initialisation: {self.source}"]
+        lines += [f"  {part:20} {n:5d} / {total:5d} tensors loaded" for part, (n, total) in self.loaded.items()]
+        lines.append(f"  random init ({len(self.random_init)} tensors): {_summarise(self.random_init)}")
+        lines.append(f"  file tensors not used ({len(self.unused)}): {_summarise(self.unused)}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines + [bar])
+
+
+def local_torchvision_weights(arch: str) -> Path:
+    """The torchvision ImageNet file for ``arch`` already in torch hub's cache (never downloaded)."""
+    enum = getattr(torchvision.models, f"ResNet{arch[len('resnet'):]}_Weights")
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    names = [Path(w.url).name for w in enum]
+    for name in names:
+        if (cache / name).is_file():
+            return cache / name
+    raise UserError(f"model.init=torchvision: no local {arch} weights in {cache} (expected {' or '.join(names)}); "
+                    f"copy the file there or give its path to --init")
+
+
+def _tensor_dict(obj) -> dict | None:
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    return None
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    if all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def read_init_state_dict(path: Path) -> tuple[dict, str, str]:
+    """Tensors of an init file, the prefix that puts their keys in the detector's key space, and what it was.
+
+    mcl pretraining checkpoint (``state_dict`` keys ``model.online.*``) -> ``mcl.transfer.export``;
+    a torchvision ResNet (``conv1.weight``, ``layer1.*``) -> ``backbone.body.*``; a detector state dict,
+    an ``mcl finetune`` checkpoint (``detector.*``) or a torchvision reference one (``model``) -> as is.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UserError(f"cannot read init file {path} as a PyTorch state dict: {str(exc).splitlines()[0]}") from None
+    inner = obj.get("state_dict") if isinstance(obj, dict) else None
+    if isinstance(inner, dict) and any(k.startswith("model.online.") for k in inner):
+        from mcl.transfer.export import convert_checkpoint  # written alongside; imported only when needed
+
+        state, report = convert_checkpoint(path, "torchvision-maskrcnn", encoder="online")
+        return state, "", f"mcl pretraining checkpoint {path} (online encoder, via mcl.transfer.export)\n{report}"
+    state = _tensor_dict(inner) or _tensor_dict(obj.get("model") if isinstance(obj, dict) else None) \
+        or _tensor_dict(obj)
+    if state is None:
+        raise UserError(f"init file {path} holds no state dict (expected tensors, or a dict with 'state_dict')")
+    state = _strip(_strip(state, "module."), "detector.")
+    if "conv1.weight" in state and any(k.startswith("layer1.") for k in state):
+        return state, "backbone.body.", f"ResNet state dict {path} (-> backbone.body)"
+    return state, "", f"detector state dict {path}"
+
+
+def load_initial_weights(model: nn.Module, init: str | None) -> InitReport:
+    """Load ``init`` into ``model`` (non-strict) and return a report of what was loaded per part.
+
+    ``init``: None/"random" (nothing loaded), "torchvision" (local ImageNet ResNet of the body's depth),
+    or a file (see ``read_init_state_dict``). A shape mismatch is an error naming the key, except in the
+    class-count-dependent predictor layers, which stay random with a note.
+    """
+    own = model.state_dict()
+    totals = Counter(_part(k) for k in own)
+    if init in (None, "", "none", "random"):
+        return InitReport("random init (no weights loaded)", {p: (0, totals[p]) for p in (*REPORT_PARTS, "other")},
+                          random_init=list(own))
+    if init == "torchvision":
+        path = local_torchvision_weights(_body_arch(model))
+    else:
+        path = Path(init)
+    if not path.is_file():
+        raise UserError(f"init file not found: {path} (give an mcl checkpoint, an exported state dict, or a ResNet file)")
+    state, prefix, source = read_init_state_dict(path)
+    report = InitReport(source)
+    matched = {}
+    for file_key, value in state.items():
+        key = prefix + file_key
+        if key not in own:
+            report.unused.append(file_key)
+        elif value.shape != own[key].shape:
+            if key.startswith(_CLASS_DEPENDENT):
+                report.notes.append(f"{key} has {tuple(value.shape)} in the file, {tuple(own[key].shape)} here "
+                                    f"(another class count): kept random")
+                report.unused.append(file_key)
+            else:
+                raise UserError(f"init file {path}: {key} has shape {tuple(value.shape)} but the detector needs "
+                                f"{tuple(own[key].shape)} (is model.arch right?)")
+        else:
+            matched[key] = value
+    if not matched:
+        raise UserError(f"init file {path}: none of its {len(state)} tensors match the detector's keys "
+                        f"(first file key: {next(iter(state), 'none')}); is it a detector, ResNet or mcl file?")
+    model.load_state_dict(matched, strict=False)
+    done = Counter(_part(k) for k in matched)
+    report.loaded = {p: (done[p], totals[p]) for p in (*REPORT_PARTS, "other")}
+    report.random_init = [k for k in own if k not in matched]
+    return report
+
+
+def _body_arch(model: nn.Module) -> str:
+    """``resnetD`` of a detector's body: D = 2 + (3 per bottleneck block or 2 per basic block)."""
+    body = model.backbone.body
+    blocks = sum(len(getattr(body, f"layer{i}")) for i in range(1, 5))
+    per_block = 3 if isinstance(body.layer1[0], torchvision.models.resnet.Bottleneck) else 2
+    return f"resnet{2 + per_block * blocks}"
+
+
+# ---------------------------------------------------------------- fine-tuning (Lightning)
+
+def expected_world_size(t: TrainerConfig) -> int:
+    """Processes the Trainer will run (nodes x devices), known before it is built so the schedule can be."""
+    devices = t.devices
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, str) and "," in devices:
+        devices = [d for d in devices.split(",") if d.strip()]
+    if isinstance(devices, list):
+        count = len(devices)
+    elif devices in ("auto", -1):
+        gpu = t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        count = torch.cuda.device_count() if gpu else 1
+    else:
+        count = int(devices)
+    return t.num_nodes * count
+
+
+def _batchnorm_split(model: nn.Module) -> tuple[list, list]:
+    """Trainable parameters as (not in a norm layer, in a norm layer) for separate weight decay."""
+    other, norm = [], []
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if p.requires_grad:
+                (norm if isinstance(module, nn.modules.batchnorm._BatchNorm) else other).append(p)
+    return other, norm
+
+
+class DetectionFinetuneModule(L.LightningModule):
+    """Fine-tunes ``detector`` and scores it with pycocotools at each validation.
+
+    Optimisation: SGD (momentum, weight decay; ``weight_decay_norm`` on BN), lr stepped per optimizer
+    step by ``lr_factor`` (linear warm-up, x0.1 at the milestones) from ``resolve_schedule``.
+    Validation gathers predictions from every process, keeps one per image (samplers pad), scores them
+    on rank 0 against ``val_gt`` and writes the table, ``results.json`` and prediction files to ``eval_dir``.
+    """
+
+    def __init__(self, config: dict, category_ids: list[int], category_names: list[str], with_masks: bool):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = from_dict(FinetuneConfig, config)
+        m, size = self.cfg.model, self.cfg.input
+        self.label_to_category = {i + 1: int(c) for i, c in enumerate(category_ids)}
+        self.iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+        self.detector = build_detector(
+            m.arch, len(category_ids) + 1, with_masks, train_min_sizes=size.train_min_sizes,
+            test_min_size=size.test_min_size, max_size=size.max_size,
+            rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
+            rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
+            box_batch_size_per_image=m.box_batch_size_per_image, box_detections_per_img=m.box_detections_per_img)
+        self.val_gt = None
+        self.eval_dir: Path | None = None
+        self.eval_extra: dict = {}
+        self.last_results: dict | None = None
+        self.last_eval_step = -1
+        self._predictions: list = []
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> DetectionFinetuneModule:
+        """A fine-tuned detector from ``mcl finetune``'s ``detector.pt`` or one of its Lightning checkpoints."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"detector checkpoint not found: {path} (give RUN_DIR/detector.pt or a .ckpt)")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"cannot read {path} as a checkpoint: {str(exc).splitlines()[0]}") from None
+        if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+            raise UserError(f"{path} is not an mcl finetune checkpoint (no hyper_parameters/state_dict); "
+                            f"give RUN_DIR/detector.pt")
+        module = cls(**ckpt["hyper_parameters"])
+        module.load_state_dict(ckpt["state_dict"])
+        return module
+
+    def save_detector(self, path: str | Path) -> Path:
+        """The weights and what is needed to rebuild them (config, category ids), loadable by ``from_file``."""
+        path = Path(path)
+        torch.save({"hyper_parameters": dict(self.hparams), "state_dict": self.state_dict()}, path)
+        return path
+
+    def set_evaluation(self, gt, eval_dir: str | Path, **extra) -> None:
+        """Score validations against ``gt`` (a pycocotools COCO) and write them to ``eval_dir``."""
+        self.val_gt, self.eval_dir, self.eval_extra = gt, Path(eval_dir), extra
+
+    def plan(self, world_size: int, accumulate: int):
+        return resolve_schedule(self.cfg.schedule, self.cfg.data.batch_size * world_size * accumulate)
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        losses = self.detector(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise UserError(f"training diverged at step {self.global_step} (loss {loss.item()}); "
+                            f"lower schedule.base_lr or raise schedule.warmup_iters")
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(images))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._predictions = []
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = batch
+        outputs = self.detector(images)
+        ids = [int(t["image_id"]) for t in targets]
+        for image_id, out in zip(ids, outputs):
+            self._predictions.append((image_id, predictions_to_coco([out], [image_id], self.label_to_category)))
+
+    def _gather(self, items: list) -> list:
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            parts = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, items)
+            return [x for part in parts for x in part]
+        return items
+
+    def on_validation_epoch_end(self) -> None:
+        per_image = dict(self._gather(self._predictions))  # a padded duplicate replaces its twin
+        self._predictions = []
+        results = None
+        if self.trainer.is_global_zero:
+            if self.val_gt is None:
+                raise RuntimeError("set_evaluation(gt, eval_dir) must be called before validating")
+            predictions = [p for preds in per_image.values() for p in preds]
+            results = coco_evaluate(self.val_gt, predictions, self.iou_types)
+            write_results(self.eval_dir, results, predictions, step=self.global_step, **self.eval_extra)
+            print(f"\nCOCO evaluation at step {self.global_step} ({len(per_image)} images):\n"
+                  f"{format_table(results)}\nwritten to {self.eval_dir}", flush=True)
+        self.last_results = self.trainer.strategy.broadcast(results, src=0)
+        self.last_eval_step = self.global_step
+        metrics = {f"val/{t}_{m}": v for t in self.iou_types for m, v in self.last_results[t].items() if v is not None}
+        self.log_dict(metrics)
+
+    def configure_optimizers(self):
+        s = self.cfg.schedule
+        plan = self.plan(self.trainer.world_size, self.trainer.accumulate_grad_batches)
+        other, norm = _batchnorm_split(self.detector)
+        optimizer = torch.optim.SGD([{"params": other, "weight_decay": s.weight_decay},
+                                     {"params": norm, "weight_decay": s.weight_decay_norm}],
+                                    lr=plan.lr, momentum=s.momentum)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, plan, s.warmup_factor))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def make_trainer(t: TrainerConfig, run_dir: Path, max_steps: int = -1, val_every_batches: int | None = None,
+                 fit: bool = True) -> L.Trainer:
+    """The Lightning Trainer (DDP over devices and nodes, SyncBN with more than one process, AMP via
+    ``precision``); with ``fit``: step checkpoints in ``run_dir`` (newest kept + ``last.ckpt``), TensorBoard logs."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from mcl.train import resolve_precision
+
+    callbacks, loggers = [], False
+    if fit:
+        callbacks = [ModelCheckpoint(dirpath=run_dir, filename="step{step:07d}", auto_insert_metric_name=False,
+                                     every_n_train_steps=t.checkpoint_every_steps, save_last=True,
+                                     monitor="step", mode="max", save_top_k=t.keep_checkpoints),
+                     LearningRateMonitor("step")]
+        # TensorBoard appends across resumes (a CSVLogger with a fixed version would rewrite its file)
+        loggers = TensorBoardLogger(run_dir, name="logs", version="")
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=resolve_precision(t.precision), sync_batchnorm=t.sync_batchnorm,
+        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
+        max_steps=max_steps, max_epochs=-1 if max_steps > 0 else None,
+        val_check_interval=val_every_batches, check_val_every_n_epoch=None if val_every_batches else 1,
+        num_sanity_val_steps=0, log_every_n_steps=t.log_every_steps, default_root_dir=run_dir,
+        logger=loggers, callbacks=callbacks, enable_progress_bar=t.progress_bar, enable_model_summary=False)
+    expected = expected_world_size(t)
+    if trainer.world_size != expected:
+        raise UserError(f"trainer.devices={t.devices!r} gave {trainer.world_size} processes, expected {expected}; "
+                        f"set trainer.devices to a number")
+    return trainer

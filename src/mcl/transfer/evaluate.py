@@ -1,0 +1,130 @@
+"""COCO detection/segmentation scores with pycocotools, in fractions 0-1 (the table prints x100).
+
+``coco_evaluate(gt, predictions)`` -> ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}, "segm": {...}}``
+where AP averages precision over IoU 0.50:0.05:0.95, 101 recall points and the categories with
+ground truth; a metric is ``None`` where the ground truth has no object of that size (pycocotools' -1).
+``predictions`` are COCO result dicts (``image_id``, ``category_id``, ``score`` and ``bbox`` xywh
+and/or ``segmentation`` RLE), made from detector outputs by ``predictions_to_coco``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from mcl.errors import UserError
+from mcl.transfer.coco_data import load_coco_json
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+_RESULT_KEY = {"bbox": "bbox", "segm": "segmentation"}
+
+
+def predictions_to_coco(outputs: list[dict], image_ids: list[int], label_to_category: dict[int, int],
+                        mask_threshold: float = 0.5) -> list[dict]:
+    """torchvision detector outputs -> COCO result dicts.
+
+    ``outputs[i]``: ``boxes (N, 4)`` xyxy in original-image pixels, ``scores (N,)``, ``labels (N,)`` in 1..K,
+    optionally ``masks (N, 1, H, W)`` probabilities; each result gets ``bbox = [x1, y1, x2 - x1, y2 - y1]``
+    and, with masks, the compressed RLE of ``mask > mask_threshold``.
+    """
+    results = []
+    for out, image_id in zip(outputs, image_ids):
+        boxes = out["boxes"].detach().float().cpu()
+        if len(boxes) == 0:
+            continue
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        scores = out["scores"].detach().float().cpu().tolist()
+        categories = [label_to_category[int(label)] for label in out["labels"].tolist()]
+        rles = None
+        if "masks" in out:
+            binary = (out["masks"].detach()[:, 0] > mask_threshold).cpu().numpy().astype(np.uint8)
+            rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+            for rle in rles:
+                rle["counts"] = rle["counts"].decode("ascii")
+        for k in range(len(scores)):
+            result = {"image_id": int(image_id), "category_id": categories[k], "bbox": xywh[k], "score": scores[k]}
+            if rles is not None:
+                result["segmentation"] = rles[k]
+            results.append(result)
+    return results
+
+
+def _for_type(predictions: list[dict], iou_type: str) -> list[dict]:
+    """Fresh result dicts carrying only the field scored by ``iou_type``.
+
+    loadRes writes into the dicts it is given, and takes a detection's area from its box when both are
+    present, so a segm result must not carry its box (its area is then the mask's, as COCO defines it).
+    """
+    key = _RESULT_KEY[iou_type]
+    return [{"image_id": p["image_id"], "category_id": p["category_id"], "score": p["score"], key: p[key]}
+            for p in predictions if key in p]
+
+
+def coco_evaluate(coco_gt: COCO | str | Path, predictions: list[dict],
+                  iou_types: tuple[str, ...] = ("bbox", "segm")) -> dict:
+    """Score ``predictions`` against ``coco_gt`` (a ``COCO`` or a json path); see the module docstring.
+
+    With no prediction of a type (pycocotools' loadRes cannot take an empty list) every metric of that
+    type is 0 and ``results["notes"]`` says so.
+    """
+    gt = coco_gt if isinstance(coco_gt, COCO) else load_coco_json(coco_gt)
+    unknown = {p["image_id"] for p in predictions} - set(gt.getImgIds())
+    if unknown:
+        raise UserError(f"{len(unknown)} predicted image ids are not in the ground truth (first: {min(unknown)}); "
+                        f"score against the json the predictions were made on")
+    results: dict = {}
+    notes = []
+    for iou_type in iou_types:
+        if iou_type not in _RESULT_KEY:
+            raise ValueError(f"iou_type {iou_type!r} is not one of {', '.join(_RESULT_KEY)}")
+        dets = _for_type(predictions, iou_type)
+        if not dets:
+            results[iou_type] = dict.fromkeys(METRICS, 0.0)
+            notes.append(f"{iou_type}: no predictions, every metric is 0")
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator = COCOeval(gt, gt.loadRes(dets), iou_type)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        results[iou_type] = {m: (float(v) if v >= 0 else None) for m, v in zip(METRICS, evaluator.stats[:6])}
+    if notes:
+        results["notes"] = notes
+    return results
+
+
+def format_table(results: dict) -> str:
+    """A fixed-width table of ``coco_evaluate``'s results, in percent; "-" where there is no ground truth."""
+    types = [t for t in results if t in _RESULT_KEY]
+    lines = [f"{'':6}" + "".join(f"{m:>8}" for m in METRICS)]
+    for iou_type in types:
+        row = results[iou_type]
+        lines.append(f"{iou_type:6}" + "".join(f"{'-' if row[m] is None else f'{100 * row[m]:.1f}':>8}" for m in METRICS))
+    lines += [f"note: {n}" for n in results.get("notes", [])]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: str | Path, results: dict, predictions: list[dict], **extra) -> Path:
+    """Write ``predictions_<type>.json`` per scored type (COCO result format) and ``results.json``.
+
+    ``results.json`` holds the metrics, the prediction file names and ``extra`` (e.g. the gt json path),
+    so any COCO tool can re-score the predictions.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for iou_type in (t for t in results if t in _RESULT_KEY):
+        name = f"predictions_{iou_type}.json"
+        (out_dir / name).write_text(json.dumps(_for_type(predictions, iou_type)))
+        files[iou_type] = name
+    path = out_dir / "results.json"
+    path.write_text(json.dumps({**results, "prediction_files": files, **extra}, indent=2))
+    return path

@@ -1,0 +1,371 @@
+"""Export an ``mcl pretrain`` checkpoint to torchvision Mask R-CNN, torchvision ResNet or detectron2 weights.
+
+The pretraining model is built from the detector's own modules (DESIGN decision 1), so an export is
+a renaming of prefixes (MCL-SPEC section 7):
+
+- ``model.{encoder}.backbone.body.*``  -> ``backbone.body.*``          (part "backbone")
+- ``model.{encoder}.backbone.fpn.*``   -> ``backbone.fpn.*``           (part "fpn")
+- ``model.{encoder}.neck.convs.{k}.*`` -> ``roi_heads.box_head.{k}.*`` (part "head", k = 0..3)
+
+Formats:
+
+- ``torchvision-maskrcnn``: a state dict (``torch.save``) for ``maskrcnn_resnet50_fpn_v2`` (or the same
+  layout around another torchvision ResNet); the box head's fc, the RPN, the predictors and the mask
+  head stay fresh. Load it with ``model.load_state_dict(state, strict=False)``.
+- ``torchvision-resnet``: a state dict for ``torchvision.models.resnetNN`` (body only; ``fc`` stays fresh).
+- ``detectron2``: a ``.pkl`` ``{"model": {name: float32 array}, "__author__": "mcl", "matching_heuristics":
+  True}`` with detectron2 names (``mcl.transfer.detectron2_names``) for Mask R-CNN R50-FPN with a
+  4conv1fc box head and BN/SyncBN in ResNet, FPN and head. A ``*_config.yaml`` beside it holds the
+  settings these weights need: ``INPUT.FORMAT "RGB"``, ``MODEL.PIXEL_MEAN [123.675, 116.28, 103.53]``,
+  ``MODEL.PIXEL_STD [58.395, 57.12, 57.375]``, ``MODEL.RESNETS.STRIDE_IN_1X1 False`` (torchvision strides
+  in the 3x3 conv), ``MODEL.RESNETS.NORM / FPN.NORM / ROI_BOX_HEAD.NORM "SyncBN"``,
+  ``ROI_BOX_HEAD.NUM_CONV 4, NUM_FC 1``. detectron2's defaults (BGR, 0-255 Caffe means) would not fit.
+
+``encoder`` picks the online encoder (default) or the EMA target encoder.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from mcl.errors import UserError
+from mcl.transfer.detectron2_names import detectron2_config, to_detectron2
+
+FORMATS = ("torchvision-maskrcnn", "torchvision-resnet", "detectron2")
+ENCODERS = ("online", "target")
+PARTS = ("backbone", "fpn", "head")
+HEAD_CONVS = 4  # the 4conv1fc box head
+FORMAT_TAG = "mcl-pretrain/1"
+# (bottleneck blocks?, blocks in layer3) -> torchvision ResNet
+_ARCHS = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50", (True, 23): "resnet101"}
+_FRESH = {
+    "torchvision-maskrcnn": "RPN, box head fc, box predictor, mask head and predictor",
+    "torchvision-resnet": "fc (classifier)",
+    "detectron2": "RPN, box head fc1, box predictor, mask head",
+}
+
+
+# ---------------------------------------------------------------- reading the checkpoint
+
+@dataclass
+class Layout:
+    """What the checkpoint's tensors describe: ResNet depth, FPN width, neck convs."""
+
+    arch: str
+    fpn_channels: int
+    neck_convs: int
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The ``state_dict`` of an ``mcl pretrain`` checkpoint (loaded with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path} (give a .ckpt written by mcl pretrain, e.g. RUN/last.ckpt)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or unsafe files all end here
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"cannot read checkpoint {path} ({reason}): the file is truncated or not an mcl "
+                        f"checkpoint; copy it again or pick another .ckpt of the run") from None
+    state = obj.get("state_dict") if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not any(k.startswith("model.online.backbone.body.") for k in state):
+        raise UserError(f"{path} is not an mcl pretraining checkpoint (no state_dict with model.online.* tensors): "
+                        f"export a .ckpt written by mcl pretrain")
+    tag = obj.get("mcl_format", FORMAT_TAG)
+    if tag != FORMAT_TAG:
+        raise UserError(f"{path} has checkpoint format {tag!r}, this mcl reads {FORMAT_TAG!r}: "
+                        f"export it with the mcl version that wrote it")
+    return state
+
+
+def infer_layout(state: dict[str, Tensor], encoder: str) -> Layout:
+    """ResNet depth, FPN channels and neck conv count, read from the encoder's tensors."""
+    body = f"model.{encoder}.backbone.body."
+    if not any(k.startswith(body) for k in state):
+        raise UserError(f"the checkpoint has no {encoder} encoder (no model.{encoder}.* tensors): "
+                        f"use --encoder online")
+    blocks = {k.split(".")[5] for k in state if k.startswith(body + "layer3.")}
+    bottleneck = f"{body}layer1.0.conv3.weight" in state
+    arch = _ARCHS.get((bottleneck, len(blocks)))
+    if arch is None:
+        raise UserError(f"the checkpoint's ResNet ({len(blocks)} blocks in layer3, bottleneck={bottleneck}) "
+                        f"is not one of {', '.join(_ARCHS.values())}")
+    fpn_channels = state[f"model.{encoder}.backbone.fpn.layer_blocks.0.0.weight"].shape[0]
+    convs = {k.split(".")[4] for k in state if k.startswith(f"model.{encoder}.neck.convs.")}
+    return Layout(arch, int(fpn_channels), len(convs))
+
+
+# ---------------------------------------------------------------- the renaming plan
+
+def plan(state: dict[str, Tensor], fmt: str, encoder: str, layout: Layout) -> list[tuple[str, str, str]]:
+    """``(checkpoint key, torchvision key, part)`` for every tensor the format takes (torchvision names)."""
+    src = f"model.{encoder}."
+    rules = [(f"{src}backbone.body.", "" if fmt == "torchvision-resnet" else "backbone.body.", "backbone")]
+    if fmt != "torchvision-resnet":
+        rules.append((f"{src}backbone.fpn.", "backbone.fpn.", "fpn"))
+        rules += [(f"{src}neck.convs.{k}.", f"roi_heads.box_head.{k}.", "head")
+                  for k in range(min(layout.neck_convs, HEAD_CONVS))]
+    items = []
+    for key in state:
+        for prefix, new, part in rules:
+            if key.startswith(prefix):
+                items.append((key, new + key[len(prefix):], part))
+                break
+    return items
+
+
+def group(keys) -> dict[str, int]:
+    """Counts per key prefix (up to the first index, at most 4 components): a readable summary of many keys."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        parts = []
+        for p in key.split(".")[:4]:
+            if p.isdigit():
+                break
+            parts.append(p)
+        name = ".".join(parts)
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------- the report
+
+@dataclass
+class ExportReport:
+    """What an export took, left out and proved; ``text()`` is what ``mcl export`` prints."""
+
+    checkpoint: str
+    fmt: str
+    encoder: str
+    arch: str
+    exported: dict[str, int] = field(default_factory=dict)   # part -> tensors
+    not_exported: list[str] = field(default_factory=list)    # checkpoint keys the format does not take
+    dropped: list[str] = field(default_factory=list)         # taken parts' keys the format has no place for
+    check: str | None = None                                 # the strict-load proof, when run
+    out: str | None = None
+    extra_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    usage: str = ""
+    fpn_channels: int = 256
+    head_convs: int = 0                                      # box-head convs taken from the neck
+
+    def text(self) -> str:
+        bar = "=" * 72
+        lines = [bar, f"mcl export: {self.checkpoint} ({self.arch}, {self.encoder} encoder) -> {self.fmt}"]
+        if self.out:
+            lines.append(f"  written: {self.out}" + "".join(f"\n  written: {f}" for f in self.extra_files))
+        total = sum(self.exported.values())
+        per_part = ", ".join(f"{p} {n}" for p, n in self.exported.items())
+        lines.append(f"  exported: {total} tensors ({per_part})")
+        lines.append(f"  not exported: {len(self.not_exported)} checkpoint tensors"
+                     + "".join(f"\n    {k} ({n})" for k, n in group(self.not_exported).items()))
+        if self.dropped:
+            lines.append(f"  dropped: {len(self.dropped)} BatchNorm num_batches_tracked counters "
+                         f"(detectron2 files do not hold them)")
+        lines.append(f"  left random in the detector/classifier: {_FRESH[self.fmt]}")
+        lines += [f"  note: {n}" for n in self.notes]
+        if self.check:
+            lines.append(f"  check: {self.check}")
+        if self.usage:
+            lines.append("  use:\n" + "\n".join(f"    {u}" for u in self.usage.rstrip().splitlines()))
+        return "\n".join(lines + [bar])
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+# ---------------------------------------------------------------- conversion
+
+def _usage(report: ExportReport, out: str) -> str:
+    """How to use the exported file (torchvision) or the detectron2 settings it needs."""
+    fmt, arch = report.fmt, report.arch
+    if fmt == "torchvision-resnet":
+        return (f"model = torchvision.models.{arch}(weights=None)\n"
+                f"model.load_state_dict(torch.load({out!r}), strict=False)  # only fc stays fresh\n"
+                f"input: RGB in 0-1, normalised by ImageNet mean/std")
+    if fmt == "torchvision-maskrcnn":
+        build = ("maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=K)"
+                 if arch == "resnet50" else f"mcl.transfer.export.torchvision_detector({arch!r}, K)")
+        return (f"model = {build}\n"
+                f"model.load_state_dict(torch.load({out!r}), strict=False)\n"
+                f"or: mcl finetune --init CKPT (converts on the fly)")
+    return ("detectron2 needs these settings (RGB input, ImageNet mean/std in 0-255, stride in the 3x3 conv):\n"
+            + detectron2_config(arch, report.fpn_channels, out))
+
+
+def convert_checkpoint(path, fmt: str, encoder: str = "online") -> tuple[dict, ExportReport]:
+    """The exported object and its report (no file written, no strict-load proof run).
+
+    Returns a ``{name: Tensor}`` state dict for the torchvision formats (torchvision names), and for
+    ``detectron2`` the ``{"model": {name: float32 ndarray}, "__author__": "mcl", "matching_heuristics":
+    True}`` payload that ``export`` pickles.
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"export format {fmt!r} is unknown: choose one of {', '.join(FORMATS)}")
+    if encoder not in ENCODERS:
+        raise UserError(f"encoder {encoder!r} is unknown: choose online or target")
+    state = read_checkpoint(path)
+    layout = infer_layout(state, encoder)
+    if fmt == "torchvision-maskrcnn" and layout.fpn_channels != 256:
+        raise UserError(f"{path} was pretrained with model.fpn_channels={layout.fpn_channels}, but torchvision's "
+                        f"Mask R-CNN has 256 FPN channels: export --format torchvision-resnet (backbone only)")
+    items = plan(state, fmt, encoder, layout)
+    parts = ("backbone",) if fmt == "torchvision-resnet" else PARTS
+    report = ExportReport(str(path), fmt, encoder, layout.arch, exported=dict.fromkeys(parts, 0),
+                          fpn_channels=layout.fpn_channels,
+                          head_convs=0 if fmt == "torchvision-resnet" else min(layout.neck_convs, HEAD_CONVS))
+    taken = {src for src, _, _ in items}
+    report.not_exported = [k for k in state if k not in taken]
+    result: dict = {}
+    for src, name, part in items:
+        if fmt == "detectron2":
+            name = to_detectron2(name)
+            if name is None:
+                report.dropped.append(src)
+                continue
+        if name in result:  # the rules are meant to be one-to-one
+            raise RuntimeError(f"export renaming collision: two tensors named {name!r}")
+        result[name] = state[src]
+        report.exported[part] += 1
+    if fmt != "torchvision-resnet" and layout.neck_convs < HEAD_CONVS:
+        report.notes.append(f"the checkpoint's neck has {layout.neck_convs} convs: box head convs "
+                            f"{layout.neck_convs + 1}-{HEAD_CONVS} stay fresh")
+    if fmt == "detectron2":
+        result = {"model": {k: v.detach().float().numpy() for k, v in result.items()}, "__author__": "mcl",
+                  "matching_heuristics": True}
+    return result, report
+
+
+# ---------------------------------------------------------------- the proof
+
+def torchvision_detector(arch: str = "resnet50", num_classes: int = 91) -> nn.Module:
+    """A random ``maskrcnn_resnet50_fpn_v2`` (other depths: the same layout around ``torchvision.models.{arch}``)."""
+    from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn_v2
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, RPNHead, _default_anchorgen
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+
+    if arch == "resnet50":
+        return maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes)
+    backbone = _resnet_fpn_extractor(getattr(torchvision.models, arch)(weights=None), 5, norm_layer=nn.BatchNorm2d)
+    anchors = _default_anchorgen()
+    c = backbone.out_channels
+    return MaskRCNN(backbone, num_classes=num_classes, rpn_anchor_generator=anchors,
+                    rpn_head=RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=2),
+                    box_head=FastRCNNConvFCHead((c, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d),
+                    mask_head=MaskRCNNHeads(c, [256] * 4, 1, norm_layer=nn.BatchNorm2d))
+
+
+def _counters(keys) -> set[str]:
+    return {k for k in keys if k.endswith(".num_batches_tracked")}
+
+
+def verify_torchvision(state: dict[str, Tensor], arch: str, fmt: str, head_convs: int = HEAD_CONVS) -> str:
+    """Load ``state`` into the real torchvision model and prove it covers exactly what it should.
+
+    ``state`` must hold exactly the model's keys in the covered parts (ResNet body; for Mask R-CNN also the
+    FPN and box-head convs ``0..head_convs-1``); after a non-strict load the missing keys must be exactly
+    the others (the fresh parts), no key may be unexpected, and every loaded tensor must equal its source.
+    Returns a one-line summary; raises ``UserError`` when the proof fails.
+    """
+    if fmt == "torchvision-resnet":
+        model, name, covered = getattr(torchvision.models, arch)(weights=None), f"torchvision {arch}", None
+    else:
+        model, name = torchvision_detector(arch, num_classes=2), f"torchvision Mask R-CNN v2 ({arch})"
+        covered = ("backbone.body.", "backbone.fpn.") + tuple(f"roi_heads.box_head.{k}." for k in range(head_convs))
+    own = model.state_dict()
+    fresh = {k for k in own if (k.startswith("fc.") if covered is None else not k.startswith(covered))}
+    if set(state) != set(own) - fresh:
+        wrong = sorted(set(state) ^ (set(own) - fresh))
+        raise UserError(f"export check failed for {name}: {len(wrong)} covered keys absent or extra "
+                        f"(e.g. {wrong[0]}); please report this mcl bug")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise UserError(f"export check failed: the tensors do not fit {name} "
+                        f"({str(exc).strip().splitlines()[-1].strip()[:160]}); please report this mcl bug") from None
+    # BatchNorm fills in a missing num_batches_tracked itself, so fresh BN counters are not reported missing
+    missing, counters = set(result.missing_keys), _counters(fresh)
+    if result.unexpected_keys or not missing <= fresh or missing - counters != fresh - counters:
+        wrong = sorted(result.unexpected_keys) + sorted((missing ^ fresh) - counters)
+        raise UserError(f"export check failed for {name}: {len(wrong)} keys unexpected or wrongly missing "
+                        f"(e.g. {wrong[0]}); please report this mcl bug")
+    loaded = model.state_dict()
+    unequal = [k for k, v in state.items() if not torch.equal(loaded[k], v)]
+    if unequal:
+        raise UserError(f"export check failed for {name}: {unequal[0]} differs after loading; "
+                        f"please report this mcl bug")
+    return (f"strict load into {name}: {len(state)} tensors loaded, all equal to the checkpoint's; "
+            f"0 unexpected; the {len(fresh)} keys left out are exactly the fresh parts")
+
+
+# ---------------------------------------------------------------- writing
+
+class _PortablePickler(pickle.Pickler):
+    """Pickles arrays as ``numpy.ndarray(shape, "<f4", bytearray)``, readable with numpy 1.x and 2.x.
+
+    numpy 2's own array pickles name ``numpy._core``, which the numpy 1.x of many detectron2 installs
+    cannot import.
+    """
+
+    def reducer_override(self, obj):
+        if isinstance(obj, np.ndarray):
+            arr = np.ascontiguousarray(obj, dtype="<f4")
+            return np.ndarray, (arr.shape, "<f4", bytearray(arr.tobytes()))
+        return NotImplemented
+
+
+def write_atomic(out: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``out``, then rename it to ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def detectron2_yaml_path(out: Path) -> Path:
+    """Where the detectron2 settings go: ``NAME_config.yaml`` beside ``NAME.pkl``."""
+    return out.with_name(out.stem + "_config.yaml")
+
+
+def export(path, fmt: str, out, encoder: str = "online", force: bool = False) -> ExportReport:
+    """Convert ``path`` to ``fmt``, prove it (torchvision formats) and write ``out`` atomically.
+
+    Refuses to overwrite an existing output (or, for detectron2, its ``*_config.yaml``) unless ``force``.
+    """
+    out = Path(out)
+    if fmt == "detectron2" and out.suffix != ".pkl":
+        raise UserError(f"--out {out}: detectron2 reads this format only from a .pkl file, "
+                        f"name it e.g. {out.with_suffix('.pkl')}")
+    outputs = [out] + ([detectron2_yaml_path(out)] if fmt == "detectron2" else [])
+    for target in outputs:
+        if target.is_dir():
+            raise UserError(f"--out {target} is a folder: give a file name, e.g. {target / 'mcl_export.pth'}")
+        if target.exists() and not force:
+            raise UserError(f"{target} already exists: pass --force to overwrite it, or choose another --out")
+    payload, report = convert_checkpoint(path, fmt, encoder)
+    if fmt == "detectron2":
+        text = detectron2_config(report.arch, report.fpn_channels, str(out.resolve()))
+        write_atomic(out, lambda f: _PortablePickler(f, protocol=4).dump(payload))
+        write_atomic(outputs[1], lambda f: f.write(text.encode()))
+        report.extra_files.append(str(outputs[1]))
+    else:
+        report.check = verify_torchvision(payload, report.arch, fmt, report.head_convs)
+        write_atomic(out, lambda f: torch.save(payload, f))
+    report.out = str(out)
+    report.usage = _usage(report, str(out.resolve()) if fmt == "detectron2" else str(out))
+    return report

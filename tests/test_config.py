@@ -1,0 +1,52 @@
+"""Recipes load, overrides apply, and bad keys or values are refused with one line naming them."""
+
+import pytest
+
+from mcl.config import ConfigError, load_config, parse_overrides, to_dict, from_dict
+from mcl.pretrain_config import PretrainConfig, validate
+from mcl.errors import UserError
+
+
+@pytest.mark.parametrize("name", ["cpu_smoke", "r50_1gpu", "paper_r50_in1k_100ep"])
+def test_packaged_recipes_load_and_validate(name):
+    cfg = load_config(PretrainConfig, name)
+    validate(cfg)
+    assert from_dict(PretrainConfig, to_dict(cfg)) == cfg
+
+
+def test_paper_recipe_figures():
+    cfg = load_config(PretrainConfig, "paper_r50_in1k_100ep")
+    assert cfg.data.batch_size * cfg.trainer.devices * cfg.trainer.num_nodes == 4096
+    assert cfg.montage.ratios == [1, 2, 4, 8] and cfg.loss.level_weights == [0.5, 0.25, 0.125, 0.125]
+    assert cfg.optim.weight_decay == 1e-5 and cfg.optim.trust_coefficient == 0.001
+
+
+def test_both_override_forms():
+    cfg = load_config(PretrainConfig, "cpu_smoke", ["optim.base_lr=0.5", "--data.batch_size", "64",
+                                                    "--montage.ratios=[1,2]"])
+    assert cfg.optim.base_lr == 0.5 and cfg.data.batch_size == 64 and cfg.montage.ratios == [1, 2]
+    assert parse_overrides(["a.b-c=x"]) == {"a": {"b_c": "x"}}
+
+
+def test_unknown_key_and_wrong_type_are_named():
+    with pytest.raises(ConfigError, match="unknown config key optim.lr "):
+        load_config(PretrainConfig, None, ["optim.lr=1"])
+    with pytest.raises(ConfigError, match="data.batch_size: 'big' should be an integer"):
+        load_config(PretrainConfig, None, ["data.batch_size=big"])
+    with pytest.raises(ConfigError, match="model.compute_mode"):
+        load_config(PretrainConfig, None, ["model.compute_mode=fast"])
+    with pytest.raises(ConfigError, match="config file not found: nope.yaml"):
+        load_config(PretrainConfig, "nope.yaml")
+
+
+def test_out_of_range_values_are_refused():
+    cfg = load_config(PretrainConfig, None, ["loss.temperature=0"])
+    with pytest.raises(UserError, match="loss.temperature = 0.0 must be > 0"):
+        validate(cfg)
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  batch_size: [1,\n")
+    with pytest.raises(ConfigError, match="bad.yaml line"):
+        load_config(PretrainConfig, bad)

@@ -1,0 +1,190 @@
+"""Detector layout, initialisation report, schedule, and `mcl finetune` / `mcl eval` end to end (tiny)."""
+
+import contextlib
+import io
+import json
+import sys
+import types
+
+import pytest
+import torch
+import torchvision
+
+from mcl.cli import main
+from mcl.errors import UserError
+from mcl.models.backbone import make_resnet
+from mcl.transfer.detection import _v2_layout, build_detector, load_initial_weights
+from mcl.transfer.evaluate import METRICS
+from mcl.transfer.finetune_config import ScheduleConfig, lr_factor, resolve_schedule
+
+# Mask R-CNN R18 on 64px scenes with tiny proposal/ROI budgets: a few seconds per run on 2 cores.
+TINY = [
+    "data.synthetic_train_num=4", "data.synthetic_val_num=2", "data.synthetic_size=64", "data.batch_size=2",
+    "data.num_workers=0", "model.arch=resnet18", "model.rpn_pre_nms_top_n_train=100",
+    "model.rpn_post_nms_top_n_train=20", "model.rpn_pre_nms_top_n_test=50", "model.rpn_post_nms_top_n_test=10",
+    "model.box_batch_size_per_image=8", "model.box_detections_per_img=5", "input.train_min_sizes=[56,64]",
+    "input.max_size=128", "input.test_min_size=64", "schedule.iterations_1x=2", "schedule.reference_batch=2",
+    "schedule.warmup_iters=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.progress_bar=false",
+    "trainer.checkpoint_every_steps=1", "trainer.log_every_steps=1",
+]
+
+
+def shapes(model):
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_layout_is_torchvision_v2_for_every_depth():
+    r50 = build_detector("resnet50", num_classes=5)
+    assert shapes(r50) == shapes(_v2_layout(make_resnet("resnet50"), 5, True))  # the mirror is exact
+    r18 = build_detector("resnet18", num_classes=5)
+    outside_body = lambda m: {k for k in m.state_dict() if not k.startswith("backbone.body.")}  # noqa: E731
+    assert outside_body(r18) == outside_body(r50)
+    assert {f"roi_heads.box_head.{i}.1.weight" for i in range(4)} <= set(r18.state_dict())  # conv+BN x4
+    assert "roi_heads.box_head.5.weight" in r18.state_dict()  # the fc
+    assert not any(isinstance(m, torchvision.ops.FrozenBatchNorm2d) for m in r18.modules())
+    assert all(p.requires_grad for p in r18.parameters())
+    faster = build_detector("resnet18", num_classes=5, with_masks=False)
+    assert not any(k.startswith("roi_heads.mask") for k in faster.state_dict())
+    sync = build_detector("resnet18", num_classes=5, norm="syncbn")
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in sync.modules())
+
+
+def test_train_sizes_are_drawn_per_image_and_eval_uses_the_test_size():
+    model = build_detector("resnet18", 5, train_min_sizes=(40, 48), test_min_size=64, max_size=200)
+    image = torch.rand(3, 30, 60)
+    model.transform.train()
+    drawn = {model.transform.resize(image)[0].shape[-2] for _ in range(30)}
+    assert drawn == {40, 48}
+    model.transform.eval()
+    assert model.transform.resize(image)[0].shape[-2:] == (64, 128)
+
+
+def test_schedule_scales_linearly_with_the_global_batch():
+    paper = resolve_schedule(ScheduleConfig(), 16)
+    assert (paper.iterations, paper.lr, paper.warmup_iters, paper.milestones) == (90000, 0.02, 1000, (60000, 80000))
+    half = resolve_schedule(ScheduleConfig(factor=2.0), 8)  # 2x at batch 8: twice the steps again, half the lr
+    assert (half.iterations, half.lr, half.milestones) == (360000, 0.01, (240000, 320000))
+    assert lr_factor(0, paper, 0.001) == pytest.approx(0.001)
+    assert lr_factor(500, paper, 0.001) == pytest.approx(0.5005)
+    assert [lr_factor(s, paper, 0.001) for s in (1000, 59999, 60000, 80000)] == pytest.approx([1, 1, 0.1, 0.01])
+
+
+def test_init_from_a_torchvision_resnet_file_is_reported_per_part(tmp_path):
+    resnet = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(resnet.state_dict(), path)
+    model = build_detector("resnet18", 5)
+    report = load_initial_weights(model, str(path))
+    body = len(resnet.state_dict()) - 2  # everything but the classifier fc
+    assert report.loaded["backbone.body"] == (body, body)
+    assert report.loaded["backbone.fpn"][0] == 0 and report.loaded["roi_heads.box_head"][0] == 0
+    assert sorted(report.unused) == ["fc.bias", "fc.weight"]
+    assert torch.equal(model.backbone.body.layer3[1].conv2.weight, resnet.layer3[1].conv2.weight)
+    text = str(report)
+    assert f"backbone.body          {body} /   {body} tensors loaded" in text and "rpn.head" in text
+
+
+def test_init_refuses_shape_mismatches_and_keeps_other_class_counts_random(tmp_path):
+    model = build_detector("resnet18", 5)
+    bad = tmp_path / "bad.pth"
+    torch.save({"backbone.body.conv1.weight": torch.zeros(64, 3, 3, 3)}, bad)
+    with pytest.raises(UserError, match=r"backbone.body.conv1.weight has shape \(64, 3, 3, 3\)"):
+        load_initial_weights(model, str(bad))
+    coco91 = tmp_path / "coco91.pth"
+    torch.save({"rpn.head.conv.0.0.weight": torch.zeros(256, 256, 3, 3),
+                "roi_heads.box_predictor.cls_score.weight": torch.zeros(91, 1024)}, coco91)
+    report = load_initial_weights(model, str(coco91))
+    assert report.loaded["other"][0] == 1 and "another class count" in str(report)
+    with pytest.raises(UserError, match="init file not found"):
+        load_initial_weights(model, str(tmp_path / "nope.pth"))
+
+
+def test_init_without_local_torchvision_weights_names_the_expected_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(UserError, match=r"resnet18-f37072fd.pth"):
+        load_initial_weights(build_detector("resnet18", 5), "torchvision")
+
+
+def test_mcl_pretraining_checkpoints_go_through_export(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"model.online.backbone.body.conv1.weight": torch.ones(64, 3, 7, 7)}}, path)
+    calls = []
+
+    def convert_checkpoint(p, fmt, encoder="online"):
+        calls.append((p, fmt, encoder))
+        return {"backbone.body.conv1.weight": torch.ones(64, 3, 7, 7)}, "export report"
+
+    monkeypatch.setitem(sys.modules, "mcl.transfer.export", types.SimpleNamespace(convert_checkpoint=convert_checkpoint))
+    model = build_detector("resnet18", 5)
+    report = load_initial_weights(model, str(path))
+    assert calls == [(path, "torchvision-maskrcnn", "online")]
+    assert report.loaded["backbone.body"][0] == 1 and torch.all(model.backbone.body.conv1.weight == 1)
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """`mcl finetune` with no data flags (synthetic scenes), initialised from a torchvision ResNet-18 file."""
+    root = tmp_path_factory.mktemp("finetune")
+    init = root / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), init)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        rc = main(["finetune", "--out", str(root / "run"), "--init", str(init), *TINY])
+    return root, rc, out.getvalue()
+
+
+def test_finetune_on_synthetic_scenes_writes_coco_results(synthetic_run):
+    root, rc, out = synthetic_run
+    assert rc == 0
+    assert "backbone.body          120 /   120 tensors loaded" in out and "fc.weight (1)" in out
+    assert "final COCO AP" in out and "AP50" in out
+    run = root / "run"
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert set(results["bbox"]) == set(METRICS) and set(results["segm"]) == set(METRICS)
+    assert results["gt_json"] == str(run / "data" / "val.json")
+    assert (run / "eval" / "predictions_bbox.json").is_file() and (run / "detector.pt").is_file()
+    assert (run / "last.ckpt").is_file() and (run / "config.yaml").is_file()
+
+
+def test_eval_rescores_the_saved_detector(synthetic_run, capsys):
+    root, *_ = synthetic_run
+    run = root / "run"
+    assert main(["eval", str(run / "detector.pt"), "--num-workers", "0"]) == 0  # defaults to the run's val set
+    out = capsys.readouterr().out
+    assert "AP50" in out and "segm" in out
+    again = json.loads((run / "eval_val" / "results.json").read_text())
+    first = json.loads((run / "eval" / "results.json").read_text())
+    assert again["bbox"] == first["bbox"]
+
+
+def test_resume_continues_the_run_to_a_longer_schedule(synthetic_run, capsys):
+    root, *_ = synthetic_run
+    run = root / "run"
+    assert main(["finetune", "--out", str(run), "--resume", *TINY, "schedule.iterations_1x=3"]) == 0
+    assert f"resuming from {run / 'last.ckpt'}" in capsys.readouterr().out
+    assert json.loads((run / "eval" / "results.json").read_text())["step"] == 3
+
+
+def test_finetune_on_a_user_json_boxes_only(synthetic_run, capsys):
+    root, *_ = synthetic_run
+    data = root / "run" / "data"
+    rc = main(["finetune", "--train-json", str(data / "train.json"), "--train-images", str(data),
+               "--val-json", str(data / "val.json"), "--val-images", str(data), "--out", str(root / "boxes"),
+               "model.masks=false", *TINY])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "Faster R-CNN resnet18: 7 categories" in out and "AP75" in out
+    results = json.loads((root / "boxes" / "eval" / "results.json").read_text())
+    assert "segm" not in results and set(results["bbox"]) == set(METRICS)
+
+
+def test_finetune_bad_input_is_one_line_exit_2(synthetic_run, tmp_path, capsys):
+    root, *_ = synthetic_run
+    data = root / "run" / "data"
+    rc = main(["finetune", "--train-json", str(data / "train.json"), "--train-images", str(tmp_path),
+               "--val-json", str(data / "val.json"), "--val-images", str(data), "--out", str(tmp_path / "x"), *TINY])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "4 of 4 images are missing on disk" in err
+    rc = main(["finetune", "--out", str(root / "run"), *TINY])
+    assert rc == 2 and "already holds checkpoints" in capsys.readouterr().err
+    rc = main(["finetune", "--train-json", str(data / "train.json"), "--out", str(tmp_path / "y")])
+    assert rc == 2 and "give all of train_json" in capsys.readouterr().err
