@@ -41,6 +41,30 @@ def gather_targets(targets: Tensor) -> tuple[Tensor, int]:
     return torch.cat(buffers, dim=0), dist.get_rank() * targets.shape[0]
 
 
+POSITIVE_SCHEMES = ("top", "same", "neighbour", "all")
+
+
+def positive_assignment(scheme: str, num_levels: int) -> list[list[int]]:
+    """Which target levels each online level is matched to (the paper's figure, schemes (a)-(d)).
+
+    - ``top`` (a, released, paper mode): every level -> the level-0 target (P5 of the whole crop).
+    - ``same`` (b): level i -> the target's level i.
+    - ``neighbour`` (c, our reading of the figure): level i -> level i-1, the next coarser one (0 -> 0).
+    - ``all`` (d): level i -> every target level; the loss averages over them.
+    """
+    levels = list(range(num_levels))
+    if scheme == "top":
+        return [[0] for _ in levels]
+    if scheme == "same":
+        return [[i] for i in levels]
+    if scheme == "neighbour":
+        return [[max(i - 1, 0)] for i in levels]
+    if scheme == "all":
+        return [list(levels) for _ in levels]
+    from mcl.errors import UserError
+    raise UserError(f"loss.positives {scheme!r} is not one of {', '.join(POSITIVE_SCHEMES)}")
+
+
 @dataclass
 class LevelStats:
     """Per-level figures for logging (all detached 0-d tensors: no host sync in the step)."""
@@ -72,44 +96,49 @@ def info_nce(predictions: Tensor, targets: Tensor, labels: Tensor, temperature: 
     return loss, pos_mean, neg_mean
 
 
-def multi_level_loss(predictions: list[list[Tensor]], labels: list[list[Tensor]], targets: list[Tensor],
-                     level_weights: list[float], temperature: float = 1.0,
-                     gather: bool = True) -> tuple[Tensor, list[LevelStats]]:
+def multi_level_loss(predictions: list[list[Tensor]], labels: list[list[Tensor]],
+                     targets: list[Tensor | dict[int, Tensor]], level_weights: list[float], temperature: float = 1.0,
+                     gather: bool = True, assignment: list[list[int]] | None = None) -> tuple[Tensor, list[LevelStats]]:
     """The MCL loss, summed over levels and both directions.
 
     Args:
         predictions: ``predictions[v][i]`` of shape ``(N_i, D)``: view ``v``'s level-``i`` cell predictions.
         labels: ``labels[v][i]`` of shape ``(N_i,)``: batch-local source image of each cell, in ``[0, B)``.
-        targets: ``targets[v]`` of shape ``(B, D)``: view ``v``'s level-0 target embeddings (no gradient).
+        targets: ``targets[v]``: view ``v``'s per-image target embeddings ``(B, D)`` (no gradient), either one
+            tensor (the level-0 targets) or ``{target level j: (B, D)}``.
         level_weights: ``w_i`` per level.
         gather: all-gather targets over processes (global-batch negatives).
+        assignment: ``assignment[i]``: the target levels online level ``i`` is matched to (its loss is the mean
+            over them); default: every level to target level 0 (paper mode).
     Returns:
         ``(total loss, per-level stats)``; a level's stats average its two directions.
     """
     if len(predictions) != 2 or len(targets) != 2:
         raise ValueError("multi_level_loss expects two views")
     num_levels = len(level_weights)
-    normalised, offsets = [], []
-    for t in targets:
-        t = F.normalize(t.detach().float(), dim=1)
-        if gather:
-            t, offset = gather_targets(t)
-        else:
-            offset = 0
-        normalised.append(t)
-        offsets.append(offset)
+    assignment = assignment or [[0] for _ in range(num_levels)]
+    per_view = [t if isinstance(t, dict) else {0: t} for t in targets]
+    normalised: list[dict[int, Tensor]] = [{}, {}]
+    offset = 0
+    for v, view_targets in enumerate(per_view):
+        for j, t in view_targets.items():
+            t = F.normalize(t.detach().float(), dim=1)
+            if gather:
+                t, offset = gather_targets(t)
+            normalised[v][j] = t
     total = predictions[0][0].new_zeros((), dtype=torch.float32)
     stats = []
     for i in range(num_levels):
         level_loss, pos, neg = [], [], []
         for v in range(2):
-            other = 1 - v
-            loss, p_cos, n_cos = info_nce(predictions[v][i], normalised[other],
-                                          labels[v][i] + offsets[other], temperature)
-            level_loss.append(loss * level_weights[i])
-            pos.append(p_cos)
-            neg.append(n_cos)
-        level_total = level_loss[0] + level_loss[1]
+            other = normalised[1 - v]
+            for j in assignment[i]:
+                loss, p_cos, n_cos = info_nce(predictions[v][i], other[j], labels[v][i] + offset, temperature)
+                share = level_weights[i] / len(assignment[i])
+                level_loss.append(loss * share)
+                pos.append(p_cos)
+                neg.append(n_cos)
+        level_total = torch.stack(level_loss).sum()
         total = total + level_total
-        stats.append(LevelStats(level_total.detach(), (pos[0] + pos[1]).detach() / 2, (neg[0] + neg[1]).detach() / 2))
+        stats.append(LevelStats(level_total.detach(), torch.stack(pos).mean().detach(), torch.stack(neg).mean().detach()))
     return total, stats

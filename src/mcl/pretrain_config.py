@@ -52,6 +52,7 @@ class ModelConfig:
 class LossConfig:
     temperature: float = 1.0
     level_weights: list[float] = field(default_factory=lambda: [0.5, 0.25, 0.125, 0.125])
+    positives: Literal["top", "same", "neighbour", "all"] = "top"   # paper: every level -> level-0 target
 
 
 @dataclass

@@ -35,7 +35,7 @@ def build_model(cfg: PretrainConfig) -> MCL:
                 repeats=cfg.montage.repeats, fpn_channels=m.fpn_channels, neck_convs=m.neck_convs,
                 neck_hidden=m.neck_hidden, embed_dim=m.embed_dim, predictor_hidden=m.predictor_hidden,
                 level_weights=cfg.loss.level_weights, temperature=cfg.loss.temperature,
-                compute_mode=m.compute_mode, interpolation=cfg.montage.interpolation)
+                compute_mode=m.compute_mode, interpolation=cfg.montage.interpolation, positives=cfg.loss.positives)
     model.num_montages(cfg.data.batch_size)
     return model
 
@@ -199,15 +199,13 @@ def resolve_precision(precision: str) -> str:
     return "32-true"
 
 
-def find_resume_checkpoint(run_dir: Path) -> Path:
-    """``last.ckpt`` if present, else the newest ``*.ckpt`` in the run folder."""
+def find_resume_checkpoint(run_dir: Path) -> Path | None:
+    """``last.ckpt`` if present, else the newest ``*.ckpt`` in the run folder, else None."""
     last = run_dir / "last.ckpt"
     if last.is_file():
         return last
     candidates = sorted(run_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise UserError(f"--resume: no checkpoint (*.ckpt) in {run_dir} (run without --resume to start fresh)")
-    return candidates[-1]
+    return candidates[-1] if candidates else None
 
 
 def config_dict(cfg: PretrainConfig) -> dict:

@@ -125,7 +125,7 @@ def test_targets_are_in_image_order():
         from mcl.montage import build_pyramids
         (montages, labels), _ = build_pyramids(crops, model.specs, generator=torch.Generator().manual_seed(2))
         assert not torch.equal(labels[0].reshape(-1), torch.arange(32))
-        got = model._target_embeddings(montages, labels[0])
+        got = model._target_embeddings(montages, labels, [0])[0]
         direct = model.target.neck(model.target.backbone(crops[:, 0], {3})[3])[:, 0]
         torch.testing.assert_close(got, direct, rtol=1e-4, atol=1e-5)
 
@@ -150,3 +150,25 @@ def test_identical_views_give_high_positive_cosine_for_a_copy_predictor():
     out = model(torch.cat([half, half], dim=1), generator=torch.Generator().manual_seed(0), gather=False)
     assert out.levels[0].pos_cosine.item() > 0.999
     assert out.levels[0].pos_cosine.item() > out.levels[0].neg_cosine.item() + 0.05
+
+
+@pytest.mark.parametrize("scheme", ["top", "same", "neighbour", "all"])
+def test_every_positive_assignment_scheme_trains(scheme):
+    model = tiny_model(positives=scheme)
+    out = model(torch.randn(32, 8, 3, 64, 64), generator=torch.Generator().manual_seed(0), gather=False)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert model.predictors[3].net[0].weight.grad is not None
+
+
+def test_same_level_targets_average_an_images_cells():
+    """Level 3 holds every image twice: its per-image target is the mean of the two cells."""
+    model = tiny_model(positives="same").eval()
+    crops = torch.randn(32, 8, 3, 64, 64)
+    from mcl.montage import build_pyramids
+    (montages, labels), _ = build_pyramids(crops, model.specs, generator=torch.Generator().manual_seed(4))
+    targets = model._target_embeddings(montages, labels, [3])[3]
+    cells = model._level_cells(model.target, montages, [3])[3]
+    flat = labels[3].reshape(-1)
+    image = int(flat[0])
+    torch.testing.assert_close(targets[image], cells[flat == image].mean(0))

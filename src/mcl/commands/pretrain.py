@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="images: a folder (recursive), a COCO json, or a .txt list of paths")
     parser.add_argument("--image-root", help="root for a COCO json's file_names (default: the json's folder)")
     parser.add_argument("--out", help="run folder for checkpoints, logs and the resolved config")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in --out (start there if it has none yet)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
     parser.epilog = "Any config key can be overridden: section.key=value or --section.key value."
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     ckpt_path = None
     if args.resume:
         ckpt_path = find_resume_checkpoint(run_dir)
-        print(f"resuming from {ckpt_path}", flush=True)
+        print(f"resuming from {ckpt_path}" if ckpt_path else f"--resume: no checkpoint in {run_dir} yet, "
+              f"starting a new run there", flush=True)
     elif run_dir.is_dir() and any(run_dir.glob("*.ckpt")):
         raise UserError(f"{run_dir} already holds checkpoints: add --resume to continue that run, "
                         f"or choose a new --out (nothing was overwritten)")

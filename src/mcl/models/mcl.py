@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from mcl.errors import UserError
-from mcl.losses import LevelStats, multi_level_loss
+from mcl.losses import LevelStats, multi_level_loss, positive_assignment
 from mcl.models.backbone import FPN_STRIDES, ResNetFPN
 from mcl.models.ema import ema_update
 from mcl.models.neck import CellNeck, Predictor
@@ -76,7 +76,8 @@ class MCL(nn.Module):
                  ratios: list[int] = (1, 2, 4, 8), repeats: list[int] = (1, 1, 1, 2),
                  fpn_channels: int = 256, neck_convs: int = 4, neck_hidden: int = 2048, embed_dim: int = 256,
                  predictor_hidden: int = 2048, level_weights: list[float] = (0.5, 0.25, 0.125, 0.125),
-                 temperature: float = 1.0, compute_mode: str = "efficient", interpolation: str = "nearest"):
+                 temperature: float = 1.0, compute_mode: str = "efficient", interpolation: str = "nearest",
+                 positives: str = "top"):
         super().__init__()
         if compute_mode not in COMPUTE_MODES:
             raise UserError(f"model.compute_mode {compute_mode!r} is not one of {', '.join(COMPUTE_MODES)}")
@@ -92,6 +93,7 @@ class MCL(nn.Module):
         if self.fpn_levels[0] != 3:
             raise UserError(f"level 0 must read P5: data.crop_size {crop_size} must equal 32 x model.cell_size "
                             f"{cell_size} = {32 * cell_size}")
+        self.assignment = positive_assignment(positives, len(self.specs))
         self.crop_size = crop_size
         self.compute_mode = compute_mode
         self.interpolation = interpolation
@@ -104,59 +106,66 @@ class MCL(nn.Module):
             p.requires_grad_(False)
 
     # ----- encoders -------------------------------------------------------------------------------
-    def _online_level_cells(self, montages: list[Tensor]) -> list[Tensor]:
-        """Online cell embeddings per level: ``[(M_i * r_i**2, D)]`` for one view's montages."""
-        enc = self.online
+    def _level_cells(self, enc: Encoder, montages: list[Tensor], wanted: list[int]) -> dict[int, Tensor]:
+        """Cell embeddings ``{i: (M_i * r_i**2, D)}`` of one view's montages, for the pyramid levels ``wanted``.
+
+        faithful: backbone, full FPN and the neck on every FPN level for every montage, then the
+        (level, montages) pairs are picked out. efficient: the backbone only on the wanted levels'
+        montages, the FPN laterals/top-down on those, and the 3x3 output conv and neck only where used.
+        """
         sizes = [m.shape[0] for m in montages]
-        feats = enc.backbone.features(torch.cat(montages))
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        out: dict[int, Tensor] = {}
         if self.compute_mode == "faithful":
-            pyramid = enc.backbone.pyramid(feats, {0, 1, 2, 3})
-            embedded = {k: enc.neck(p) for k, p in pyramid.items()}           # every level, every montage
-            out, start = [], 0
-            for size, k in zip(sizes, self.fpn_levels):
-                out.append(embedded[k][start:start + size].reshape(-1, embedded[k].shape[-1]))
-                start += size
+            feats = enc.backbone.features(torch.cat(montages))
+            embedded = {k: enc.neck(p) for k, p in enc.backbone.pyramid(feats, {0, 1, 2, 3}).items()}
+            for i in wanted:
+                emb = embedded[self.fpn_levels[i]][starts[i]:starts[i] + sizes[i]]
+                out[i] = emb.reshape(-1, emb.shape[-1])
             return out
-        inner = enc.backbone.top_down(feats, min(self.fpn_levels))
-        out, start = [], 0
-        for size, k in zip(sizes, self.fpn_levels):
-            level_map = enc.backbone.output(inner[k][start:start + size], k)
-            emb = enc.neck(level_map)
-            out.append(emb.reshape(-1, emb.shape[-1]))
-            start += size
+        used = sorted(wanted)
+        feats = enc.backbone.features(torch.cat([montages[i] for i in used]))
+        inner = enc.backbone.top_down(feats, min(self.fpn_levels[i] for i in used))
+        start = 0
+        for i in used:
+            k = self.fpn_levels[i]
+            emb = enc.neck(enc.backbone.output(inner[k][start:start + sizes[i]], k))
+            out[i] = emb.reshape(-1, emb.shape[-1])
+            start += sizes[i]
         return out
 
     @torch.no_grad()
-    def _target_embeddings(self, montages: list[Tensor], level0_labels: Tensor) -> Tensor:
-        """Target embeddings of the level-0 crops in image order: row ``b`` is image ``b``, ``(B, D)``.
+    def _target_embeddings(self, montages: list[Tensor], labels: list[Tensor], wanted: list[int]) -> dict[int, Tensor]:
+        """Per-image targets ``{j: (B, D)}`` in image order: row ``b`` averages image ``b``'s cells at level ``j``.
 
-        Level 0's montages hold one crop each, in the order ``level0_labels`` (a permutation of the
-        batch); the rows are put back in image order so that label ``b`` names target ``b``.
+        Level 0 holds each crop once, in the (permuted) order of its labels; rows are put back in
+        image order so that label ``b`` names target ``b``. Levels where an image appears ``c`` times
+        (ablations only) average its ``c`` cells.
         """
-        enc = self.target
-        b = montages[0].shape[0]
-        if self.compute_mode == "faithful":
-            pyramid = enc.backbone(torch.cat(montages), {0, 1, 2, 3})
-            embedded = {k: enc.neck(p) for k, p in pyramid.items()}
-            per_montage = embedded[3][:b, 0]
-        else:
-            p5 = enc.backbone(montages[0], {3})[3]
-            per_montage = enc.neck(p5)[:, 0]
-        in_image_order = torch.empty_like(per_montage)
-        in_image_order[level0_labels.reshape(-1)] = per_montage
-        return in_image_order
+        batch = montages[0].shape[0]
+        cells = self._level_cells(self.target, montages, wanted)
+        out = {}
+        for j, emb in cells.items():
+            index = labels[j].reshape(-1)
+            total = emb.new_zeros(batch, emb.shape[-1]).index_add_(0, index, emb)
+            count = torch.bincount(index, minlength=batch).clamp_min(1).to(emb.dtype)
+            out[j] = total / count[:, None]
+        return out
 
     # ----- the pretext task -----------------------------------------------------------------------
     def forward(self, crops: Tensor, generator: torch.Generator | None = None, gather: bool = True) -> StepOutput:
         """``crops (B, 2L, 3, S, S)`` -> loss over both views, all levels (see ``mcl.losses``)."""
         pyramids = build_pyramids(crops, self.specs, self.interpolation, generator)
+        every_level = list(range(len(self.specs)))
+        target_levels = sorted({j for js in self.assignment for j in js})
         predictions, labels, targets = [], [], []
         for montages, view_labels in pyramids:
-            cells = self._online_level_cells(montages)
-            predictions.append([pred(c) for pred, c in zip(self.predictors, cells)])
+            cells = self._level_cells(self.online, montages, every_level)
+            predictions.append([pred(cells[i]) for i, pred in enumerate(self.predictors)])
             labels.append([lab.reshape(-1) for lab in view_labels])
-            targets.append(self._target_embeddings(montages, view_labels[0]))
-        loss, stats = multi_level_loss(predictions, labels, targets, self.level_weights, self.temperature, gather)
+            targets.append(self._target_embeddings(montages, view_labels, target_levels))
+        loss, stats = multi_level_loss(predictions, labels, targets, self.level_weights, self.temperature, gather,
+                                       self.assignment)
         return StepOutput(loss, stats)
 
     @torch.no_grad()

@@ -1,0 +1,166 @@
+"""How fast the data pipeline feeds MCL: images/s per CPU core, and the time a training loop waits for it.
+
+Per-core rates run in the main process with ``torch.set_num_threads(1)`` (what one loader worker
+does): ``n`` unique images in a row, each to its 8 normalised crops, timed after one warm-up image.
+- ``views``: ``MultiCropViews`` on images already decoded in memory (PIL RGB);
+- ``jpeg``: ``ImageDataset`` end to end: open + decode a JPEG file from disk (``load_rgb``) + views;
+- ``synthetic``: ``SyntheticScenes``: render an embedded scene + views (the default data source);
+- ``decode``: ``load_rgb`` only, to split the JPEG figure.
+JPEGs are written once to a temporary folder (or taken from ``--data``): at 224, ImageNet-like
+500x375 photos of synthetic scenes at quality 90; at a recipe's smaller size, square images of its
+``synthetic_size``. The page cache holds them after the first pass (no disk reads are timed).
+
+Loader wait: the recipe's own DataLoader (``build_dataset``, its ``num_workers``, ``collate_views``)
+feeding whole training steps. Per step: ``t0; batch = next(loader); t1; step(batch); t2``; the wait
+fraction is ``sum(t1 - t0) / sum(t2 - t0)`` over the steps after the first (the first waits for the
+workers to start and fill their first batches; it is reported apart).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from mcl.bench.timing import Step, mcl_step, synchronize
+
+
+class one_thread:
+    """``torch.set_num_threads(1)`` inside, the previous count restored after."""
+
+    def __enter__(self):
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)
+
+
+def per_core_rate(produce: Callable[[int], object], count: int, budget_s: float | None = None) -> dict:
+    """Images/s of ``produce(i)`` for ``i = 0..count-1`` on one thread (after one warm-up call).
+
+    Stops early once ``budget_s`` is spent (at least 3 images are timed).
+    """
+    with one_thread():
+        produce(count)                                   # warm-up: imports, first-call allocations
+        times = []
+        start = time.perf_counter()
+        for i in range(count):
+            t0 = time.perf_counter()
+            produce(i)
+            times.append(time.perf_counter() - t0)
+            if budget_s is not None and len(times) >= 3 and time.perf_counter() - start > budget_s:
+                break
+    total = sum(times)
+    return {"images": len(times), "seconds": total, "images_per_s": len(times) / total if total > 0 else None,
+            "median_ms_per_image": 1000 * statistics.median(times)}
+
+
+def write_jpegs(folder: Path, count: int, width: int, height: int, seed: int = 0, quality: int = 90) -> list[Path]:
+    """``count`` JPEG photos of synthetic scenes, ``width x height``, in ``folder``."""
+    from PIL import Image
+
+    from mcl.data.synthetic import render_scene
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        image, _ = render_scene(seed, i, max(width, height))
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        path = folder / f"scene_{i:04d}.jpg"
+        image.save(path, quality=quality)
+        paths.append(path)
+    return paths
+
+
+def pipeline_rates(crop_size: int, image_size: tuple[int, int], count: int, crops_per_view: int = 4,
+                   synthetic_size: int | None = None, jpeg_paths: list[Path] | None = None,
+                   budget_s: float | None = None, distinct: int = 16) -> dict:
+    """Per-core images/s of views / decode / jpeg end to end / synthetic scenes at one crop size.
+
+    ``distinct`` different source images are cycled through (decoding cost depends on content little).
+    """
+    from mcl.data.sources import ImageDataset, load_rgb
+    from mcl.data.synthetic import SyntheticScenes
+    from mcl.data.views import MultiCropViews
+
+    views = MultiCropViews(crop_size=crop_size, crops_per_view=crops_per_view)
+    out: dict = {"crop_size": crop_size, "crops_per_image": 2 * crops_per_view}
+    with tempfile.TemporaryDirectory(prefix="mcl-bench-") as tmp:
+        if jpeg_paths:
+            paths = list(jpeg_paths)[:max(distinct, 1)]
+            out["jpeg_source"] = str(Path(paths[0]).parent)
+        else:
+            width, height = image_size
+            paths = write_jpegs(Path(tmp), distinct, width, height)
+            out["jpeg_source"] = f"{len(paths)} synthetic-scene JPEGs {width}x{height}, quality 90"
+        decoded = [load_rgb(p) for p in paths]
+        out["image_size"] = list(decoded[0].size)
+        dataset = ImageDataset(paths, views)
+        n = len(paths)
+        out["views"] = per_core_rate(lambda i: views(decoded[i % n]), count, budget_s)
+        out["decode"] = per_core_rate(lambda i: load_rgb(paths[i % n]), count, budget_s)
+        out["jpeg"] = per_core_rate(lambda i: dataset[i % n], count, budget_s)
+        if synthetic_size:
+            scenes = SyntheticScenes(num=max(count + 1, 2), seed=0, size=synthetic_size, transform=views)
+            out["synthetic"] = per_core_rate(lambda i: scenes[i], count, budget_s)
+            out["synthetic"]["scene_size"] = synthetic_size
+    return out
+
+
+def loader_wait(cfg, device: torch.device, steps: int = 6, compute_mode: str | None = None,
+                num_workers: int | None = None, precision: str = "fp32", channels_last: bool = False,
+                log: Callable[[str], None] = print) -> dict:
+    """Fraction of a DataLoader + training-step loop spent blocked in ``next(loader)`` (see module docstring)."""
+    from torch.utils.data import DataLoader
+
+    from mcl.data.sources import collate_views
+    from mcl.train import build_dataset
+
+    cfg = copy.deepcopy(cfg)
+    if compute_mode is not None:
+        cfg.model.compute_mode = compute_mode
+    workers = cfg.data.num_workers if num_workers is None else num_workers
+    b = cfg.data.batch_size
+    dataset = build_dataset(cfg)
+    if len(dataset) < b * steps:
+        cfg.data.synthetic_num = b * steps
+        dataset = build_dataset(cfg)
+    holder = {"crops": None}
+    step: Step = mcl_step(cfg, cfg.model.compute_mode, lambda: holder["crops"], device, precision, channels_last)
+    loader = DataLoader(dataset, batch_size=b, shuffle=True, drop_last=True, num_workers=workers,
+                        collate_fn=collate_views, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(0))
+    waits, computes = [], []
+    iterator = iter(loader)
+    try:
+        for k in range(steps):
+            t0 = time.perf_counter()
+            batch = next(iterator)
+            t1 = time.perf_counter()
+            holder["crops"] = batch["crops"].to(device, non_blocking=True)
+            step.run()
+            synchronize(device)
+            t2 = time.perf_counter()
+            waits.append(t1 - t0)
+            computes.append(t2 - t1)
+            log(f"  loader step {k}: waited {t1 - t0:.3f} s, step {t2 - t1:.3f} s")
+    finally:
+        del iterator
+    steady_wait, steady_total = sum(waits[1:]), sum(waits[1:]) + sum(computes[1:])
+    return {
+        "recipe_batch_size": b, "num_workers": workers, "compute_mode": cfg.model.compute_mode,
+        "crop_size": cfg.data.crop_size, "source": cfg.data.source or f"synthetic scenes {cfg.data.synthetic_size}px",
+        "steps": steps, "first_batch_wait_s": waits[0] if waits else None,
+        "wait_s": waits, "step_s": computes,
+        "wait_fraction": steady_wait / steady_total if steady_total > 0 else None,
+        "images_per_s": b * (len(waits) - 1) / steady_total if steady_total > 0 else None,
+    }
+

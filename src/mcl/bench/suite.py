@@ -1,0 +1,341 @@
+"""Runs the bench sections for ``mcl bench`` and collects their figures in one results dict (the JSON).
+
+Settings:
+- FLOPs: paper mode (``paper_r50_in1k_100ep``: ResNet-50, B = 128 per device, 224 px, ratios
+  1, 2, 4, 8, repeats 1, 1, 1, 2) and the CPU recipe (``cpu_smoke``), faithful and efficient; the
+  references (supervised ResNet-50 and MoCo v2 at 224) and the spec's section-6 figures.
+- Step time: the *timing recipe*: ``cpu_smoke`` on a CPU, paper mode on a GPU (or ``--recipe``),
+  plus supervised and MoCo v2 steps of the same backbone, batch and crop size.
+- Data: per-core rates at 224 and at the timing recipe's crop size; the loader wait of the timing
+  recipe at its own ``data.num_workers``.
+``tiny`` shrinks every setting to ResNet-18 on 32 px crops (for tests; its figures mean nothing).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+PAPER_RECIPE = "paper_r50_in1k_100ep"
+CPU_RECIPE = "cpu_smoke"
+PAPER_TARGET_RATIO = 0.45          # the issue's target: efficient <= 0.45 x faithful FLOPs at paper mode
+TINY_OVERRIDES = [   # two levels (ratios 1, 2) so that B = 8 tiles; ResNet-18 on 32 px crops (cell 1)
+    "data.batch_size=8", "data.crop_size=32", "data.num_workers=0", "data.synthetic_num=32",
+    "data.synthetic_size=48", "montage.ratios=[1,2]", "montage.repeats=[1,1]", "loss.level_weights=[0.5,0.5]",
+    "model.arch=resnet18", "model.cell_size=1", "model.fpn_channels=32", "model.neck_hidden=32",
+    "model.predictor_hidden=32", "model.embed_dim=16", "model.sync_bn=false",
+]
+
+
+@dataclass
+class BenchOptions:
+    quick: bool = False
+    tiny: bool = False
+    device: str = "auto"
+    modes: list[str] = field(default_factory=lambda: ["faithful", "efficient"])
+    flops: bool = True
+    timing: bool = True
+    data: bool = True
+    loader: bool = True
+    references: bool = True
+    recipe: str | None = None            # timing recipe (name or YAML); default: by device
+    overrides: list[str] = field(default_factory=list)
+    precision: str | None = None         # fp32 | bf16; default: bf16 on CUDA, fp32 on CPU
+    channels_last: bool | None = None    # default: on for CUDA
+    warmup: int | None = None
+    repeats: int | None = None
+    budget_s: float | None = None        # timing section's wall-clock budget (repeats stop early)
+    num_workers: int | None = None       # loader-wait workers (default: the recipe's)
+    loader_steps: int | None = None
+    data_path: str | None = None         # JPEG folder / list for the end-to-end rate
+    command: str = "mcl bench"
+
+
+def resolve_device(name: str) -> torch.device:
+    from mcl.errors import UserError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible to torch (use --device cpu)")
+    return device
+
+
+def load_recipe(name: str, overrides: list[str] | None = None):
+    from mcl.config import load_config
+    from mcl.pretrain_config import PretrainConfig, validate
+
+    cfg = load_config(PretrainConfig, name, list(overrides or []))
+    validate(cfg)
+    return cfg
+
+
+def recipe_label(cfg, name: str) -> str:
+    return (f"{name}: {cfg.model.arch}, B={cfg.data.batch_size}, {cfg.data.crop_size}px, "
+            f"ratios {','.join(map(str, cfg.montage.ratios))}")
+
+
+def machine_info(device: torch.device) -> dict:
+    import torchvision
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count()
+    info = {
+        "hostname": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "device": device.type,
+        "cpu": cpu, "cpu_count": cpus, "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+        info["gpu_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
+    else:
+        info["device_name"] = f"CPU ({cpu}, {cpus} cores)"
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+def flops_section(opts: BenchOptions, log: Callable[[str], None]) -> dict:
+    from mcl.bench import flops as F
+
+    settings: dict[str, dict] = {}
+    if opts.tiny:
+        recipes = [("tiny", CPU_RECIPE, TINY_OVERRIDES, None)]
+    else:
+        recipes = [("paper", PAPER_RECIPE, [], PAPER_TARGET_RATIO), ("cpu_recipe", CPU_RECIPE, [], None)]
+    for key, name, overrides, target in recipes:
+        cfg = load_recipe(name, overrides)
+        entry = {"recipe": name, "label": "tiny (tests only)" if opts.tiny else recipe_label(cfg, name),
+                 "arch": cfg.model.arch, "batch_size": cfg.data.batch_size, "crop_size": cfg.data.crop_size,
+                 "ratios": cfg.montage.ratios, "repeats": cfg.montage.repeats, "modes": {}}
+        if target:
+            entry["target_ratio"] = target
+        for mode in opts.modes:
+            t0 = time.perf_counter()
+            count = F.mcl_step_flops(cfg, mode)
+            entry["modes"][mode] = count.as_dict()
+            log(f"  FLOPs {key} {mode}: {count.total / 1e12:.3f} TFLOP/step, {count.per_image / 1e9:.1f} GFLOP "
+                f"per unique image ({time.perf_counter() - t0:.1f} s)")
+        if "faithful" in entry["modes"] and "efficient" in entry["modes"]:
+            entry["efficient_over_faithful"] = (entry["modes"]["efficient"]["total_flops"]
+                                                / entry["modes"]["faithful"]["total_flops"])
+        settings[key] = entry
+    out = {"method": "torch.utils.flop_counter.FlopCounterMode on the meta device: 2 x multiply-adds of "
+                     "conv/linear/matmul, forward + backward; BN, activations, pooling, optimizer, EMA not counted",
+           "settings": settings, "references": references_flops(opts, log), "checks": {}}
+    if not opts.tiny:
+        out["checks"] = spec_checks(settings.get("paper"))
+    return out
+
+
+def references_flops(opts: BenchOptions, log: Callable[[str], None]) -> dict:
+    from mcl.bench import flops as F
+
+    arch, size = ("resnet18", 32) if opts.tiny else ("resnet50", 224)
+    refs = {}
+    try:
+        sup = F.supervised_step_flops(arch, size, batch_size=2)
+        refs["supervised"] = dict(sup.as_dict(), label=f"supervised {arch} {size}px (fwd+bwd)")
+        log(f"  FLOPs supervised {arch}: {sup.per_image / 1e9:.2f} GFLOP per image")
+    except Exception as exc:   # a reference must not sink the MCL figures
+        refs["supervised"] = {"label": f"supervised {arch}", "error": f"{type(exc).__name__}: {exc}"}
+        sup = None
+    try:
+        moco = F.moco_step_flops(arch, size, batch_size=8 if opts.tiny else 32)
+        refs["moco_v2"] = dict(moco.as_dict(), label=f"MoCo v2 {arch} {size}px (q fwd+bwd, k fwd, K=65536)",
+                               source="mcl.models.moco.MoCo")
+        log(f"  FLOPs MoCo v2 {arch}: {moco.per_image / 1e9:.2f} GFLOP per image")
+    except Exception as exc:
+        if sup is None:
+            refs["moco_v2"] = {"label": f"MoCo v2 {arch}", "error": f"{type(exc).__name__}: {exc}"}
+        else:   # no runnable MoCo model: from the ResNet counts
+            forward = F.supervised_step_flops(arch, size, batch_size=2, backward=False)
+            per_image = F.moco_flops_analytic(sup, forward, c5=2048 if arch in ("resnet50", "resnet101") else 512)
+            refs["moco_v2"] = {"label": f"MoCo v2 {arch} {size}px (analytic)", "unique_images": 1,
+                               "total_flops": per_image, "flops_per_unique_image": per_image, "parts": {},
+                               "source": f"analytic from the ResNet counts ({type(exc).__name__}: {exc})"}
+    return refs
+
+
+def spec_checks(paper: dict | None) -> dict:
+    """MCL-SPEC section 6's figures, from the paper-mode counts."""
+    from mcl.bench import flops as F
+    from mcl.bench.report import _part
+
+    checks = {"neck_p2_over_backbone": F.neck_p2_over_backbone()}
+    if paper and {"faithful", "efficient"} <= set(paper["modes"]):
+        fa, ef = paper["modes"]["faithful"], paper["modes"]["efficient"]
+        neck = _part(fa, "neck") / max(_part(ef, "neck"), 1)
+        target = 1 - _part(ef, "target") / max(_part(fa, "target"), 1)
+        checks["paper_neck_cut"] = {"value": neck, "text": f"paper mode: efficient cuts the online neck's FLOPs "
+                                                           f"{neck:.1f}x (spec: about 20x)"}
+        checks["paper_target_cut"] = {"value": target, "text": f"paper mode: efficient cuts the target pass's "
+                                                               f"FLOPs by {100 * target:.0f}% (spec: more than two thirds)"}
+    return checks
+
+
+def timing_plan(opts: BenchOptions, device: torch.device) -> tuple[str, list[str], dict]:
+    """Recipe, overrides and loop sizes of the timing section."""
+    if opts.tiny:
+        recipe, overrides = CPU_RECIPE, TINY_OVERRIDES + list(opts.overrides)
+        sizes = {"warmup": 1, "repeats": 1, "min_repeats": 1, "budget_s": None}
+    else:
+        recipe = opts.recipe or (PAPER_RECIPE if device.type == "cuda" else CPU_RECIPE)
+        overrides = list(opts.overrides)
+        if device.type == "cuda":
+            sizes = {"warmup": 3, "repeats": 5 if opts.quick else 10, "min_repeats": 2, "budget_s": None}
+        else:
+            sizes = {"warmup": 1, "repeats": 3 if opts.quick else 7, "min_repeats": 2,
+                     "budget_s": 150.0 if opts.quick else None}
+    for key in ("warmup", "repeats", "budget_s"):
+        if getattr(opts, key) is not None:
+            sizes[key] = getattr(opts, key)
+    return recipe, overrides, sizes
+
+
+def timing_section(opts: BenchOptions, device: torch.device, precision: str, channels_last: bool,
+                   flop_settings: dict, log: Callable[[str], None]) -> dict:
+    from mcl.bench import flops as F
+    from mcl.bench import timing as T
+    from mcl.config import to_dict
+
+    recipe, overrides, sizes = timing_plan(opts, device)
+    cfg = load_recipe(recipe, overrides)
+    b, s, arch = cfg.data.batch_size, cfg.data.crop_size, cfg.model.arch
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    crops = T.random_crops(cfg, device)
+    steps = [T.mcl_step(cfg, mode, crops, device, precision, channels_last) for mode in opts.modes]
+    if opts.references:
+        steps.append(T.supervised_step(arch, b, s, device, precision, channels_last))
+        try:
+            queue = 65536 if 65536 % b == 0 else b * 256
+            steps.append(T.moco_step(arch, b, s, device, precision, channels_last, queue_size=queue))
+        except Exception as exc:
+            log(f"  MoCo v2 step not built: {type(exc).__name__}: {exc}")
+    log(f"timing {recipe} ({arch}, B={b}, {s}px) on {device}: warm-up {sizes['warmup']}, "
+        f"up to {sizes['repeats']} interleaved repeats")
+    variants = T.time_interleaved(steps, device, warmup=sizes["warmup"], repeats=sizes["repeats"],
+                                  budget_s=sizes["budget_s"], min_repeats=sizes["min_repeats"], log=log)
+    ratios = {"efficient_over_faithful": T.ratio(variants, "efficient", "faithful")}
+    for mode in opts.modes:
+        for ref in steps[len(opts.modes):]:
+            ratios[f"{mode}_over_{ref.name.split()[0].lower()}"] = T.ratio(variants, mode, ref.name)
+    out = {"recipe": recipe, "overrides": overrides, "label": "tiny (tests only)" if opts.tiny else recipe_label(cfg, recipe),
+           "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"),
+           "precision": precision, "channels_last": channels_last, "torch_threads": torch.get_num_threads(),
+           "plan": sizes, "variants": variants, "ratios": {k: v for k, v in ratios.items() if v},
+           "memory_method": next(iter(variants.values()))["memory_method"] if variants else None}
+    same = [v for v in flop_settings.values() if v.get("recipe") == recipe and not overrides
+            and "efficient_over_faithful" in v]
+    if same:
+        out["flop_ratio"] = same[0]["efficient_over_faithful"]
+    elif {"faithful", "efficient"} <= set(opts.modes):
+        counts = {m: F.mcl_step_flops(cfg, m).total for m in ("faithful", "efficient")}
+        out["flop_ratio"] = counts["efficient"] / counts["faithful"]
+    out["config"] = to_dict(cfg)
+    del steps, crops
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def data_section(opts: BenchOptions, device: torch.device, precision: str, channels_last: bool,
+                 log: Callable[[str], None]) -> dict:
+    from mcl.bench import data_rate as D
+    from mcl.data.sources import list_images
+
+    recipe, overrides, _ = timing_plan(opts, device)
+    cfg = load_recipe(recipe, overrides)
+    out: dict = {"rates": {}}
+    if opts.data:
+        count, budget = (2, None) if opts.tiny else ((12, 8.0) if opts.quick else (40, 30.0))
+        jpegs = list_images(opts.data_path) if opts.data_path else None
+        plans = [] if opts.tiny else [(224, (500, 375), 256)]
+        if cfg.data.crop_size not in [p[0] for p in plans]:
+            side = cfg.data.synthetic_size
+            plans.append((cfg.data.crop_size, (side, side), side))
+        for crop, image_size, synthetic in plans:
+            t0 = time.perf_counter()
+            try:
+                out["rates"][str(crop)] = D.pipeline_rates(crop, image_size, count, synthetic_size=synthetic,
+                                                           jpeg_paths=jpegs, budget_s=budget,
+                                                           distinct=2 if opts.tiny else 16)
+            except Exception as exc:
+                out["rates"][str(crop)] = {"crop_size": crop, "error": f"{type(exc).__name__}: {exc}"}
+            r = out["rates"][str(crop)]
+            log(f"  data {crop}px: " + ", ".join(f"{k} {r[k]['images_per_s']:.1f} img/s" for k in
+                                                  ("views", "decode", "jpeg", "synthetic") if k in r)
+                + f" ({time.perf_counter() - t0:.1f} s)")
+    if opts.loader:
+        steps = opts.loader_steps or (2 if opts.tiny else (12 if device.type == "cuda" else (4 if opts.quick else 8)))
+        mode = "efficient" if "efficient" in opts.modes else opts.modes[0]
+        try:
+            lw = D.loader_wait(cfg, device, steps=steps, compute_mode=mode, num_workers=opts.num_workers,
+                               precision=precision, channels_last=channels_last, log=log)
+            lw["label"] = "tiny (tests only)" if opts.tiny else recipe_label(cfg, recipe)
+            lw["recipe"] = recipe
+        except Exception as exc:
+            lw = {"error": f"{type(exc).__name__}: {exc}"}
+        out["loader"] = lw
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- all
+
+def run_suite(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
+    """Every requested section; a failing section records its error and the others still run."""
+    from mcl.errors import UserError
+
+    start = time.perf_counter()
+    device = resolve_device(opts.device)
+    unknown = [m for m in opts.modes if m not in ("faithful", "efficient")]
+    if unknown or not opts.modes:
+        raise UserError(f"--modes: {','.join(unknown) or '(none)'}: choose from faithful, efficient")
+    precision = opts.precision or ("bf16" if device.type == "cuda" else "fp32")
+    channels_last = device.type == "cuda" if opts.channels_last is None else opts.channels_last
+    results: dict = {
+        "schema": "mcl-bench/1", "command": opts.command, "machine": machine_info(device),
+        "settings": {"quick": opts.quick, "tiny": opts.tiny, "modes": opts.modes, "precision": precision,
+                     "channels_last": channels_last, "device": str(device)},
+    }
+    if opts.flops:
+        log("counting FLOPs (meta device)")
+        try:
+            results["flops"] = flops_section(opts, log)
+        except UserError:
+            raise
+        except Exception as exc:
+            results["flops"] = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"  FLOPs failed: {results['flops']['error']}")
+    if opts.timing:
+        results["timing"] = timing_section(opts, device, precision, channels_last,
+                                           results.get("flops", {}).get("settings", {}), log)
+    if opts.data or opts.loader:
+        log("measuring the data pipeline")
+        results["data"] = data_section(opts, device, precision, channels_last, log)
+    results["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["elapsed_s"] = time.perf_counter() - start
+    return copy.deepcopy(results)

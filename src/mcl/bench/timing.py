@@ -1,0 +1,321 @@
+"""Wall-clock step time, unique images/s and peak memory of whole training steps.
+
+A *step* is what the trainer does per batch: forward (montages, both encoders, predictors, loss),
+backward, gradient-norm clipping, the optimizer step (LARS) and the EMA update of the target.
+Variants (faithful, efficient, references) are built once, fed the same input tensor, and timed
+**interleaved**: after warm-up steps of each, repeat ``for r: for variant: time one step``, so slow
+phases of a shared machine hit every variant alike; each variant's figure is the median of its
+repeats, and a ratio is also given as the median of the per-repeat ratios. Step ``r`` of every
+MCL variant draws the same montage permutations (generator seeded with ``r``).
+
+Timed region: ``synchronize(); t0; step; synchronize(); t1`` (CUDA synchronises, CPU does not
+need to). Peak memory of a step, above what was resident just before it:
+- CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus
+  ``memory_allocated()`` before the step (and the absolute peak, which includes the model);
+- CPU (Linux): the process's resident high-water mark ``VmHWM`` reset through
+  ``/proc/self/clear_refs`` (and freed heap returned with ``malloc_trim``) before the step, minus
+  ``VmRSS`` before it. Without ``clear_refs``, ``ru_maxrss`` growth is reported, which is only
+  meaningful for the first step that raises it (``method`` says which one was used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import gc
+import math
+import re
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+# ---------------------------------------------------------------------------------------------- devices
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on the device when ``precision == "bf16"``; fp32 otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    return contextlib.nullcontext()
+
+
+class MemoryProbe:
+    """Peak memory of a region, above what was resident at its start (see the module docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.method = "cuda.max_memory_allocated" if device.type == "cuda" else _cpu_method()
+        self._libc = None
+        if self.method == "VmHWM":
+            with contextlib.suppress(OSError):
+                self._libc = ctypes.CDLL("libc.so.6")
+
+    def __enter__(self) -> MemoryProbe:
+        self.peak_bytes = None
+        self.absolute_peak_bytes = None
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        elif self.method == "VmHWM":
+            gc.collect()
+            if self._libc is not None:
+                self._libc.malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._start = _proc_status()["VmRSS"]
+        else:
+            self._start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak_bytes = peak - self._start
+            self.absolute_peak_bytes = peak
+        elif self.method == "VmHWM":
+            status = _proc_status()
+            self.peak_bytes = status["VmHWM"] - self._start
+            self.absolute_peak_bytes = status["VmHWM"]
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.peak_bytes = peak - self._start
+            self.absolute_peak_bytes = peak
+
+
+def _proc_status() -> dict[str, int]:
+    """``VmRSS`` and ``VmHWM`` of this process in bytes."""
+    text = open("/proc/self/status").read()
+    return {k: int(re.search(rf"{k}:\s+(\d+)", text).group(1)) * 1024 for k in ("VmRSS", "VmHWM")}
+
+
+def _cpu_method() -> str:
+    try:
+        _proc_status()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return "VmHWM"
+    except (OSError, AttributeError):
+        return "ru_maxrss"
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+@dataclass
+class Step:
+    """One variant: ``run()`` does one whole training step; ``images`` unique images per step."""
+
+    name: str
+    run: Callable[[], None]
+    images: int
+    info: dict = field(default_factory=dict)
+
+
+def _channels_last(model: nn.Module, on: bool) -> nn.Module:
+    return model.to(memory_format=torch.channels_last) if on else model
+
+
+def mcl_step(cfg, compute_mode: str, crops: Tensor | Callable[[], Tensor], device: torch.device,
+             precision: str = "fp32", channels_last: bool = False, seed: int = 0, name: str | None = None) -> Step:
+    """A whole MCL training step (forward, backward, clip, LARS, EMA) for ``cfg`` with ``compute_mode``.
+
+    ``crops``: the ``(B, 2L, 3, S, S)`` input, or a function returning this step's input (a loader's batch).
+    """
+    from mcl.optim import build_optimizer, scaled_lr
+    from mcl.train import build_model
+
+    cfg = copy.deepcopy(cfg)
+    cfg.model.compute_mode = compute_mode
+    torch.manual_seed(seed)
+    model = _channels_last(build_model(cfg).to(device), channels_last)
+    model.train()
+    o = cfg.optim
+    trainable = nn.ModuleDict({"online": model.online, "predictors": model.predictors})
+    optimizer = build_optimizer(trainable, o.name, scaled_lr(o.base_lr, cfg.data.batch_size), o.weight_decay,
+                                o.momentum, o.trust_coefficient, o.exclude_bn_bias)
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    clip = o.clip_grad_norm
+    counter = [0]
+
+    def run() -> None:
+        generator = torch.Generator().manual_seed(counter[0])   # same permutations for every variant at step r
+        counter[0] += 1
+        with autocast(device, precision):
+            out = model(crops() if callable(crops) else crops, generator=generator, gather=False)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        model.update_target(0.99)
+
+    return Step(name or compute_mode, run, cfg.data.batch_size,
+                {"kind": "mcl", "compute_mode": compute_mode, "arch": cfg.model.arch,
+                 "crop_size": cfg.data.crop_size, "batch_size": cfg.data.batch_size})
+
+
+def supervised_step(arch: str, batch_size: int, image_size: int, device: torch.device, precision: str = "fp32",
+                    channels_last: bool = False, seed: int = 0) -> Step:
+    """Plain supervised training of a torchvision ResNet: CE on 1000 classes, SGD with momentum."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = _channels_last(getattr(torchvision.models, arch)(weights=None).to(device), channels_last)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch_size,), generator=generator).to(device)
+
+    def run() -> None:
+        with autocast(device, precision):
+            loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return Step(f"supervised {arch}", run, batch_size,
+                {"kind": "supervised", "arch": arch, "crop_size": image_size, "batch_size": batch_size})
+
+
+def moco_step(arch: str, batch_size: int, image_size: int, device: torch.device, precision: str = "fp32",
+              channels_last: bool = False, seed: int = 0, queue_size: int = 65536) -> Step:
+    """MoCo v2 (``mcl.models.moco``): query fwd+bwd, key fwd, queue logits, SGD, EMA; two views per image."""
+    from mcl.models.moco import MoCo
+
+    torch.manual_seed(seed)
+    model = _channels_last(MoCo(arch=arch, queue_size=queue_size).to(device), channels_last)
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9,
+                                weight_decay=1e-4)
+    crops = torch.randn(batch_size, 2, 3, image_size, image_size,
+                        generator=torch.Generator().manual_seed(seed)).to(device)
+
+    def run() -> None:
+        with autocast(device, precision):
+            out = model(crops, gather=False)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        model.update_target(0.999)
+
+    return Step(f"MoCo v2 {arch}", run, batch_size,
+                {"kind": "moco_v2", "arch": arch, "crop_size": image_size, "batch_size": batch_size})
+
+
+def random_crops(cfg, device: torch.device, seed: int = 0) -> Tensor:
+    """The input every MCL variant shares: ``(B, 2L, 3, S, S)`` standard-normal crops on ``device``."""
+    b, s, levels = cfg.data.batch_size, cfg.data.crop_size, len(cfg.montage.ratios)
+    return torch.randn(b, 2 * levels, 3, s, s, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+# ---------------------------------------------------------------------------------------------- the timer
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def time_interleaved(steps: list[Step], device: torch.device, warmup: int = 1, repeats: int = 3,
+                     budget_s: float | None = None, min_repeats: int = 2, memory: bool = True,
+                     log: Callable[[str], None] = print) -> dict:
+    """Warm up every step, then time ``repeats`` interleaved rounds (fewer if ``budget_s`` runs out,
+    never fewer than ``min_repeats``). A step that fails (e.g. out of memory) is dropped and its error kept.
+    Peak memory is measured on the last warm-up step (so the probe's heap trim never touches a timed step;
+    with one warm-up step it includes the optimizer's first-step state).
+
+    Returns ``{name: {"times_s", "median_s", "images_per_s", "peak_bytes", ...}}``.
+    """
+    probe = MemoryProbe(device)
+    results: dict[str, dict] = {s.name: {"info": s.info, "images": s.images, "times_s": [], "peak_bytes": [],
+                                         "absolute_peak_bytes": [], "memory_method": probe.method}
+                                for s in steps}
+    alive = list(steps)
+
+    def one(step: Step, record: bool, probe_memory: bool) -> None:
+        if probe_memory:
+            with probe:
+                elapsed = _timed(step, device)
+            results[step.name]["peak_bytes"].append(probe.peak_bytes)
+            results[step.name]["absolute_peak_bytes"].append(probe.absolute_peak_bytes)
+        else:
+            elapsed = _timed(step, device)
+        if record:
+            results[step.name]["times_s"].append(elapsed)
+        log(f"  {step.name}: {'step' if record else 'warm-up'} {elapsed:.3f} s")
+
+    def guarded(step: Step, record: bool, probe_memory: bool = False) -> None:
+        try:
+            one(step, record, probe_memory)
+        except Exception as exc:     # keep the other variants going; report why this one stopped
+            if not _is_oom(exc) and not isinstance(exc, RuntimeError):
+                raise
+            results[step.name]["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            log(f"  {step.name}: failed: {results[step.name]['error']}")
+            alive.remove(step)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    start = time.perf_counter()
+    for w in range(max(warmup, 1 if memory else 0)):
+        for step in list(alive):   # memory: on the last warm-up step (untimed: the probe trims the heap)
+            guarded(step, record=False, probe_memory=memory and w == max(warmup, 1) - 1)
+    timed_start = time.perf_counter()
+    done = 0
+    for r in range(repeats):
+        if budget_s is not None and r >= min_repeats and time.perf_counter() - start > budget_s:
+            break
+        if budget_s is not None and r >= min_repeats and done:
+            per_round = (time.perf_counter() - timed_start) / done
+            if time.perf_counter() - start + per_round > budget_s:
+                break
+        for step in list(alive):
+            guarded(step, record=True)
+        done += 1
+    for name, res in results.items():
+        times = res["times_s"]
+        if times:
+            res["median_s"] = statistics.median(times)
+            res["min_s"] = min(times)
+            res["max_s"] = max(times)
+            res["images_per_s"] = res["images"] / res["median_s"]
+        peaks = [p for p in res["peak_bytes"] if p is not None]
+        res["peak_bytes_max"] = max(peaks) if peaks else None
+        absolute = [p for p in res["absolute_peak_bytes"] if p is not None]
+        res["absolute_peak_bytes_max"] = max(absolute) if absolute else None
+        res["repeats"] = len(times)
+    return results
+
+
+def _timed(step: Step, device: torch.device) -> float:
+    synchronize(device)
+    t0 = time.perf_counter()
+    step.run()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def ratio(results: dict, numerator: str, denominator: str) -> dict | None:
+    """``numerator / denominator`` step time: ratio of medians and median of the per-repeat ratios."""
+    a, b = results.get(numerator, {}), results.get(denominator, {})
+    if not a.get("times_s") or not b.get("times_s"):
+        return None
+    paired = [x / y for x, y in zip(a["times_s"], b["times_s"]) if y > 0]
+    return {"of_medians": a["median_s"] / b["median_s"],
+            "median_of_paired": statistics.median(paired) if paired else math.nan,
+            "pairs": len(paired)}

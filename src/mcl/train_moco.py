@@ -1,0 +1,207 @@
+"""Lightning glue for the MoCo v2 baseline, and the method-agnostic pieces it shares with other baselines.
+
+Shared (used by ``mcl.supervised`` too): :class:`DatasetModule` (a dataset factory + collate ->
+shuffled drop-last loaders, sharded by Lightning), and :class:`PretrainBase` (SyncBN with > 1 process,
+global batch, optimiser + warm-up/cosine per step from ``OptimConfig``, images/s). The Trainer is
+``mcl.train.build_trainer`` unchanged (it reads only ``cfg.trainer`` and ``cfg.optim.clip_grad_norm``).
+
+MoCo-specific: :class:`MoCoPretrainModule` runs ``mcl.models.moco.MoCo``, checks that the queue is a
+multiple of the global batch, updates the key encoder after every optimizer step, and tags the
+checkpoint ``mcl_format = "mcl-pretrain/1"``, ``mcl_method = "moco_v2"``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mcl.config import from_dict
+from mcl.data.moco_views import TwoCropViews
+from mcl.data.sources import ImageDataset, SkipReport, collate_views, list_images
+from mcl.data.synthetic import SyntheticScenes
+from mcl.errors import UserError
+from mcl.models.moco import MoCo
+from mcl.moco_config import MoCoConfig
+from mcl.optim import build_optimizer, scaled_lr, warmup_cosine_factor
+
+
+# ---------------------------------------------------------------- shared pieces
+
+class DatasetModule(L.LightningDataModule):
+    """``build(cfg) -> Dataset`` batched by ``collate``: shuffled, drop-last, ``cfg.data.batch_size`` per process."""
+
+    def __init__(self, cfg, build: Callable[[object], Dataset], collate: Callable = collate_views):
+        super().__init__()
+        self.cfg, self.build, self.collate = cfg, build, collate
+        self.dataset = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            self.dataset = self.build(self.cfg)
+
+    def train_dataloader(self) -> DataLoader:
+        d = self.cfg.data
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if len(self.dataset) < d.batch_size * world:
+            raise UserError(f"the dataset has {len(self.dataset)} images, fewer than one global batch "
+                            f"({d.batch_size} x {world} processes): lower data.batch_size or add images")
+        return DataLoader(self.dataset, batch_size=d.batch_size, shuffle=True, drop_last=True,
+                          num_workers=d.num_workers, collate_fn=self.collate,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0)
+
+
+class PretrainBase(L.LightningModule):
+    """What every pretraining method needs around its ``self.model``; subclasses define ``trainable()``.
+
+    ``cfg`` must have ``data.batch_size``, ``optim`` (an ``OptimConfig``), ``trainer`` and ``model.sync_bn``.
+    lr = base_lr x global_batch / 256, with global_batch = batch_size x processes x accumulation.
+    """
+
+    cfg = None
+    model: nn.Module
+
+    def trainable(self) -> nn.Module:
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        mode = self.cfg.model.sync_bn
+        if mode is True or (mode == "auto" and self.trainer.world_size > 1):
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.skip_report = SkipReport(self.cfg.data.source or "the synthetic scenes")
+
+    def world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def global_batch(self) -> int:
+        return self.cfg.data.batch_size * self.world_size() * self.cfg.trainer.accumulate_grad_batches
+
+    def steps_per_epoch(self) -> int:
+        return max(len(self.trainer.datamodule.dataset) // self.global_batch(), 1)
+
+    def total_steps(self) -> int:
+        return int(self.trainer.estimated_stepping_batches)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        lr = scaled_lr(o.base_lr, self.global_batch())
+        optimizer = build_optimizer(self.trainable(), o.name, lr, o.weight_decay, o.momentum, o.trust_coefficient,
+                                    o.exclude_bn_bias)
+        total = self.total_steps()
+        warmup = o.warmup_steps if o.warmup_steps is not None else round(o.warmup_epochs * self.steps_per_epoch())
+        warmup = min(int(warmup), total)
+        min_lr = min(o.min_lr, lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: warmup_cosine_factor(k, total, warmup, lr, min_lr, o.warmup_start_ratio))
+        self.planned = {"lr": lr, "total_steps": total, "warmup_steps": warmup, "global_batch": self.global_batch()}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def note_batch(self, batch: dict) -> int:
+        """Report skipped files and log images/s; returns the per-process batch size."""
+        if batch.get("skipped") and getattr(self, "skip_report", None) is not None:
+            self.skip_report.update(batch["skipped"])
+        bs = batch["crops"].shape[0]
+        now = time.perf_counter()
+        last = getattr(self, "_step_timer", None)
+        if last is not None:
+            self.log("img_per_s", bs * self.world_size() / max(now - last, 1e-9), prog_bar=True, batch_size=bs)
+        self._step_timer = now
+        return bs
+
+    def log_schedule(self) -> None:
+        """``train/lr`` and ``train/global_step`` (the checkpoint callback monitors the latter)."""
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
+        self.log("train/global_step", float(self.trainer.global_step), batch_size=1)
+
+    def on_train_epoch_end(self) -> None:
+        report = getattr(self, "skip_report", None)
+        if report is not None and report.count:
+            print(report.summary(), flush=True)
+
+
+# ---------------------------------------------------------------- MoCo
+
+def build_moco_model(cfg: MoCoConfig) -> MoCo:
+    m = cfg.model
+    return MoCo(arch=m.arch, head_hidden=m.head_hidden, embed_dim=m.embed_dim, queue_size=m.queue_size,
+                temperature=m.temperature)
+
+
+def build_moco_dataset(cfg: MoCoConfig) -> Dataset:
+    """The configured image source (or the embedded synthetic scenes), yielding two MoCo v2 crops per image."""
+    views = TwoCropViews(cfg.data.crop_size, tuple(cfg.data.crop_scale))
+    d = cfg.data
+    if d.source is None:
+        return SyntheticScenes(num=d.synthetic_num, seed=d.synthetic_seed, size=d.synthetic_size, transform=views)
+    return ImageDataset(list_images(d.source, d.image_root), views, max_side=d.max_image_side,
+                        source_name=str(d.source))
+
+
+def moco_datamodule(cfg: MoCoConfig) -> DatasetModule:
+    return DatasetModule(cfg, build_moco_dataset, collate_views)
+
+
+class MoCoPretrainModule(PretrainBase):
+    """MoCo v2: SGD + cosine, the queue of all-gathered keys, the key-encoder EMA after every optimizer step."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.cfg: MoCoConfig = from_dict(MoCoConfig, config)
+        self.model = build_moco_model(self.cfg)
+        self._last_ema_step = 0
+
+    def trainable(self) -> nn.Module:
+        return self.model.online
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.model.check_queue(self.cfg.data.batch_size * self.trainer.world_size)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        bs = self.note_batch(batch)
+        out = self.model(batch["crops"])
+        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=bs)
+        self.log("train/pos_cos", out.stats.pos_cosine, batch_size=bs)
+        self.log("train/neg_cos", out.stats.neg_cosine, batch_size=bs)
+        self.log("train/acc", out.stats.accuracy, prog_bar=True, batch_size=bs)
+        return out.loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        step = self.trainer.global_step
+        if step > self._last_ema_step:
+            self.model.update_target(self.cfg.model.momentum)
+            self._last_ema_step = step
+            self.log_schedule()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mcl_last_ema_step"] = self._last_ema_step
+        checkpoint["mcl_format"] = "mcl-pretrain/1"
+        checkpoint["mcl_method"] = "moco_v2"
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._last_ema_step = int(checkpoint.get("mcl_last_ema_step", 0))
+
+
+def describe_moco_plan(cfg: MoCoConfig) -> str:
+    """``--dry-run`` text: batch, lr after scaling, queue, schedule."""
+    t = cfg.trainer
+    world = (t.devices if isinstance(t.devices, int) else 1) * t.num_nodes
+    global_batch = cfg.data.batch_size * world * t.accumulate_grad_batches
+    keys = cfg.data.batch_size * world
+    m = cfg.model
+    return "\n".join([
+        f"MoCo v2: {m.arch}, head {m.head_hidden} -> {m.embed_dim}, T = {m.temperature}, momentum {m.momentum}",
+        f"per-device batch {cfg.data.batch_size}; processes {world}; accumulation {t.accumulate_grad_batches}; "
+        f"global batch {global_batch}",
+        f"lr = {cfg.optim.base_lr} x {global_batch}/256 = {scaled_lr(cfg.optim.base_lr, global_batch):.4g} "
+        f"({cfg.optim.name}, weight decay {cfg.optim.weight_decay})",
+        f"queue {m.queue_size} keys = {m.queue_size / keys:g} steps of {keys} keys"
+        + ("" if m.queue_size % keys == 0 else "  <- NOT a multiple: the run will refuse to start"),
+        f"crops: 2 x {cfg.data.crop_size}px per image",
+        f"schedule: {t.max_steps} optimizer steps" if t.max_steps > 0 else f"schedule: {t.max_epochs} epochs",
+    ])

@@ -1,0 +1,67 @@
+"""`mcl pretrain-moco` end to end on tiny settings, and the export of its checkpoint."""
+
+import csv
+import math
+
+import pytest
+import torch
+
+from mcl.cli import main
+
+TINY_MOCO = [
+    "data.batch_size=16", "data.crop_size=32", "data.num_workers=0", "data.synthetic_num=32",
+    "data.synthetic_size=48", "model.arch=resnet18", "model.head_hidden=32", "model.embed_dim=16",
+    "model.queue_size=64", "trainer.max_steps=3", "trainer.accelerator=cpu", "trainer.devices=1",
+    "trainer.precision=32-true", "trainer.checkpoint_every_steps=2", "trainer.log_every_steps=1",
+    "trainer.progress_bar=false",
+]
+
+
+@pytest.fixture(scope="module")
+def moco_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("moco") / "run"
+    code = main(["pretrain-moco", "--out", str(out), *TINY_MOCO])
+    return code, out
+
+
+def test_pretrain_moco_writes_a_tagged_checkpoint_with_mcl_key_names(moco_run):
+    code, out = moco_run
+    assert code == 0
+    assert (out / "last.ckpt").is_file() and (out / "config.yaml").is_file()
+    ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["mcl_format"] == "mcl-pretrain/1" and ckpt["mcl_method"] == "moco_v2"
+    assert ckpt["global_step"] == 3
+    state = ckpt["state_dict"]
+    assert "model.online.backbone.body.conv1.weight" in state and "model.target.backbone.body.conv1.weight" in state
+    assert int(state["model.queue_ptr"]) == (3 * 16) % 64            # the queue state travels with the checkpoint
+    with open(out / "logs" / "metrics.csv") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+
+
+def test_queue_size_not_a_multiple_of_the_batch_is_one_clear_line(tmp_path, capsys):
+    assert main(["pretrain-moco", "--out", str(tmp_path / "r"), *TINY_MOCO, "model.queue_size=40"]) == 2
+    err = capsys.readouterr().err
+    assert "model.queue_size" in err and "40" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_prints_the_moco_v2_recipe(capsys):
+    assert main(["pretrain-moco", "--config", "moco_v2_r50_in1k", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "global batch 256" in text and "= 0.03" in text and "queue 65536 keys = 256 steps" in text
+
+
+@pytest.mark.xfail(reason="mcl.transfer.export.infer_layout reads model.<enc>.backbone.fpn.layer_blocks.0.0.weight "
+                          "unconditionally; it must treat the FPN (and neck) as optional for backbone-only "
+                          "checkpoints such as MoCo's", raises=KeyError, strict=False)
+def test_export_torchvision_resnet_accepts_a_moco_checkpoint(moco_run, tmp_path, capsys):
+    code, out = moco_run
+    assert code == 0
+    target = tmp_path / "resnet18.pth"
+    assert main(["export", str(out / "last.ckpt"), "--format", "torchvision-resnet", "--out", str(target)]) == 0
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None)
+    result = model.load_state_dict(torch.load(target), strict=False)
+    assert set(result.missing_keys) == {"fc.weight", "fc.bias"} and not result.unexpected_keys
