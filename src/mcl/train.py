@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
+from mcl.checkpoints import FORMAT_TAG, AtomicCheckpointIO, newest_valid_checkpoint
 from mcl.config import from_dict, to_dict
 from mcl.data.sources import ImageDataset, SkipReport, collate_views, list_images
 from mcl.data.synthetic import SyntheticScenes
@@ -161,7 +162,7 @@ class MCLPretrainModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mcl_last_ema_step"] = self._last_ema_step
-        checkpoint["mcl_format"] = "mcl-pretrain/1"
+        checkpoint["mcl_format"] = FORMAT_TAG
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._last_ema_step = int(checkpoint.get("mcl_last_ema_step", 0))
@@ -186,7 +187,7 @@ def build_trainer(cfg: PretrainConfig, run_dir: Path, extra_callbacks: list[Call
         gradient_clip_val=cfg.optim.clip_grad_norm, gradient_clip_algorithm="norm",
         log_every_n_steps=t.log_every_steps, callbacks=callbacks, logger=loggers,
         deterministic=t.deterministic, enable_progress_bar=t.progress_bar, enable_model_summary=False,
-        use_distributed_sampler=True,
+        use_distributed_sampler=True, plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -200,12 +201,8 @@ def resolve_precision(precision: str) -> str:
 
 
 def find_resume_checkpoint(run_dir: Path) -> Path | None:
-    """``last.ckpt`` if present, else the newest ``*.ckpt`` in the run folder, else None."""
-    last = run_dir / "last.ckpt"
-    if last.is_file():
-        return last
-    candidates = sorted(run_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return candidates[-1] if candidates else None
+    """``last.ckpt`` if it is valid, else the newest valid ``*.ckpt`` in the run folder, else None."""
+    return newest_valid_checkpoint(run_dir)
 
 
 def config_dict(cfg: PretrainConfig) -> dict:

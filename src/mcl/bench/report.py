@@ -102,17 +102,19 @@ def timing_section(results: dict, markdown: bool = False) -> str:
         return ""
     if "error" in t:
         return f"Step time: failed: {t['error']}"
-    headers = ["variant", "setting", "B", "median s/step", "min-max s", "unique img/s", "peak MiB", "repeats"]
+    headers = ["variant", "setting", "B", "median s/step", "min-max s", "CPU s/step", "unique img/s", "peak MiB",
+               "repeats"]
     rows = []
     for name, v in t["variants"].items():
         info = v.get("info", {})
         setting = f"{info.get('arch', '')} {info.get('crop_size', '')}px"
         if "error" in v and not v.get("times_s"):
-            rows.append([name, setting, str(v["images"]), "failed", v["error"][:50], "-", "-", "0"])
+            rows.append([name, setting, str(v["images"]), "failed", v["error"][:50], "-", "-", "-", "0"])
             continue
         peak = v.get("peak_bytes_max")
         rows.append([name, setting, str(v["images"]), _fmt(v.get("median_s"), 3),
-                     f"{_fmt(v.get('min_s'), 2)}-{_fmt(v.get('max_s'), 2)}", _fmt(v.get("images_per_s"), 1),
+                     f"{_fmt(v.get('min_s'), 2)}-{_fmt(v.get('max_s'), 2)}", _fmt(v.get("median_cpu_s"), 2),
+                     _fmt(v.get("images_per_s"), 1),
                      _fmt(peak / MIB if peak is not None else None, 0), str(v.get("repeats", 0))])
     lines = [_title(f"Step time: {t['label']} ({t['device_name']}, {t['precision']}"
                     f"{', channels_last' if t.get('channels_last') else ''}; whole step: fwd, bwd, clip, "
@@ -125,6 +127,7 @@ def timing_section(results: dict, markdown: bool = False) -> str:
         flop_r = t.get("flop_ratio")
         notes.append(f"efficient / faithful step time = {r['of_medians']:.3f} (ratio of medians), "
                      f"{r['median_of_paired']:.3f} (median of {r['pairs']} paired repeats)"
+                     + (f", {r['of_cpu_medians']:.3f} (process CPU time)" if r.get("of_cpu_medians") else "")
                      + (f"; FLOP ratio at this setting {flop_r:.3f}" if flop_r else ""))
     for name, rr in t.get("ratios", {}).items():
         if name != "efficient_over_faithful" and rr:
@@ -140,13 +143,13 @@ def data_section(results: dict, markdown: bool = False) -> str:
     lines = []
     rates = d.get("rates", {})
     if rates:
-        headers = ["pipeline", "crop px", "source images", "img/s/core", "ms/img", "images timed"]
+        headers = ["pipeline", "crop px", "source images", "img/s (wall)", "img/CPU-s", "ms/img", "images timed"]
         rows = []
         names = {"views": "8-crop views on decoded images", "decode": "JPEG decode only",
                  "jpeg": "JPEG file -> 8 crops (ImageDataset)", "synthetic": "synthetic scene render -> 8 crops"}
         for size, r in rates.items():
             if "error" in r:
-                rows.append(["failed", str(size), r["error"][:60], "-", "-", "-"])
+                rows.append(["failed", str(size), r["error"][:60], "-", "-", "-", "-"])
                 continue
             for key in ("views", "decode", "jpeg", "synthetic"):
                 if key not in r:
@@ -155,9 +158,11 @@ def data_section(results: dict, markdown: bool = False) -> str:
                 source = (f"{r['image_size'][0]}x{r['image_size'][1]}" if key != "synthetic"
                           else f"{v['scene_size']}x{v['scene_size']}")
                 rows.append([names[key], str(r["crop_size"]), source, _fmt(v["images_per_s"], 1),
-                             _fmt(v["median_ms_per_image"], 1), str(v["images"])])
+                             _fmt(v.get("images_per_cpu_s"), 1), _fmt(v["median_ms_per_image"], 1),
+                             str(v["images"])])
         lines += [_title("Data pipeline per CPU core (main process, torch.set_num_threads(1); one image = "
-                         "8 normalised crops)", markdown), table(headers, rows, markdown)]
+                         "8 normalised crops; img/CPU-s = per second of this thread's CPU time)", markdown),
+                  table(headers, rows, markdown)]
     lw = d.get("loader")
     if lw:
         if "error" in lw:

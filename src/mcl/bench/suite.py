@@ -230,6 +230,7 @@ def timing_section(opts: BenchOptions, device: torch.device, precision: str, cha
     steps = [T.mcl_step(cfg, mode, crops, device, precision, channels_last) for mode in opts.modes]
     if opts.references:
         steps.append(T.supervised_step(arch, b, s, device, precision, channels_last))
+    if opts.references and not opts.tiny:      # tiny: MoCo is counted (FLOPs), not timed, to stay fast
         try:
             queue = 65536 if 65536 % b == 0 else b * 256
             steps.append(T.moco_step(arch, b, s, device, precision, channels_last, queue_size=queue))
@@ -321,8 +322,10 @@ def run_suite(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
         "settings": {"quick": opts.quick, "tiny": opts.tiny, "modes": opts.modes, "precision": precision,
                      "channels_last": channels_last, "device": str(device)},
     }
+    sections = results["section_s"] = {}
     if opts.flops:
         log("counting FLOPs (meta device)")
+        t0 = time.perf_counter()
         try:
             results["flops"] = flops_section(opts, log)
         except UserError:
@@ -330,12 +333,17 @@ def run_suite(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
         except Exception as exc:
             results["flops"] = {"error": f"{type(exc).__name__}: {exc}"}
             log(f"  FLOPs failed: {results['flops']['error']}")
+        sections["flops"] = time.perf_counter() - t0
     if opts.timing:
+        t0 = time.perf_counter()
         results["timing"] = timing_section(opts, device, precision, channels_last,
                                            results.get("flops", {}).get("settings", {}), log)
+        sections["timing"] = time.perf_counter() - t0
     if opts.data or opts.loader:
         log("measuring the data pipeline")
+        t0 = time.perf_counter()
         results["data"] = data_section(opts, device, precision, channels_last, log)
+        sections["data"] = time.perf_counter() - t0
     results["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results["elapsed_s"] = time.perf_counter() - start
     return copy.deepcopy(results)

@@ -9,7 +9,9 @@ repeats, and a ratio is also given as the median of the per-repeat ratios. Step 
 MCL variant draws the same montage permutations (generator seeded with ``r``).
 
 Timed region: ``synchronize(); t0; step; synchronize(); t1`` (CUDA synchronises, CPU does not
-need to). Peak memory of a step, above what was resident just before it:
+need to). The process CPU time of the step (all threads) is kept too: on a shared machine other
+processes stretch wall time much more than CPU time. Peak memory of a step, above what was resident
+just before it, is measured on the last warm-up step (untimed, since the probe trims the heap first):
 - CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus
   ``memory_allocated()`` before the step (and the absolute peak, which includes the model);
 - CPU (Linux): the process's resident high-water mark ``VmHWM`` reset through
@@ -242,22 +244,23 @@ def time_interleaved(steps: list[Step], device: torch.device, warmup: int = 1, r
     Returns ``{name: {"times_s", "median_s", "images_per_s", "peak_bytes", ...}}``.
     """
     probe = MemoryProbe(device)
-    results: dict[str, dict] = {s.name: {"info": s.info, "images": s.images, "times_s": [], "peak_bytes": [],
-                                         "absolute_peak_bytes": [], "memory_method": probe.method}
+    results: dict[str, dict] = {s.name: {"info": s.info, "images": s.images, "times_s": [], "cpu_s": [],
+                                         "peak_bytes": [], "absolute_peak_bytes": [], "memory_method": probe.method}
                                 for s in steps}
     alive = list(steps)
 
     def one(step: Step, record: bool, probe_memory: bool) -> None:
         if probe_memory:
             with probe:
-                elapsed = _timed(step, device)
+                elapsed, cpu = _timed(step, device)
             results[step.name]["peak_bytes"].append(probe.peak_bytes)
             results[step.name]["absolute_peak_bytes"].append(probe.absolute_peak_bytes)
         else:
-            elapsed = _timed(step, device)
+            elapsed, cpu = _timed(step, device)
         if record:
             results[step.name]["times_s"].append(elapsed)
-        log(f"  {step.name}: {'step' if record else 'warm-up'} {elapsed:.3f} s")
+            results[step.name]["cpu_s"].append(cpu)
+        log(f"  {step.name}: {'step' if record else 'warm-up'} {elapsed:.3f} s (process CPU {cpu:.3f} s)")
 
     def guarded(step: Step, record: bool, probe_memory: bool = False) -> None:
         try:
@@ -294,6 +297,7 @@ def time_interleaved(steps: list[Step], device: torch.device, warmup: int = 1, r
             res["min_s"] = min(times)
             res["max_s"] = max(times)
             res["images_per_s"] = res["images"] / res["median_s"]
+            res["median_cpu_s"] = statistics.median(res["cpu_s"])
         peaks = [p for p in res["peak_bytes"] if p is not None]
         res["peak_bytes_max"] = max(peaks) if peaks else None
         absolute = [p for p in res["absolute_peak_bytes"] if p is not None]
@@ -302,20 +306,24 @@ def time_interleaved(steps: list[Step], device: torch.device, warmup: int = 1, r
     return results
 
 
-def _timed(step: Step, device: torch.device) -> float:
+def _timed(step: Step, device: torch.device) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds (all threads) of one step."""
     synchronize(device)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     step.run()
     synchronize(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def ratio(results: dict, numerator: str, denominator: str) -> dict | None:
-    """``numerator / denominator`` step time: ratio of medians and median of the per-repeat ratios."""
+    """``numerator / denominator`` step time: ratio of medians, median of the per-repeat ratios, and the
+    ratio of median process CPU times (less sensitive to other processes on a shared machine)."""
     a, b = results.get(numerator, {}), results.get(denominator, {})
     if not a.get("times_s") or not b.get("times_s"):
         return None
     paired = [x / y for x, y in zip(a["times_s"], b["times_s"]) if y > 0]
+    cpu = a.get("median_cpu_s"), b.get("median_cpu_s")
     return {"of_medians": a["median_s"] / b["median_s"],
             "median_of_paired": statistics.median(paired) if paired else math.nan,
-            "pairs": len(paired)}
+            "pairs": len(paired),
+            "of_cpu_medians": cpu[0] / cpu[1] if cpu[0] and cpu[1] else None}
