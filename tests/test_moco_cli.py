@@ -65,3 +65,16 @@ def test_export_torchvision_resnet_accepts_a_moco_checkpoint(moco_run, tmp_path,
     model = torchvision.models.resnet18(weights=None)
     result = model.load_state_dict(torch.load(target), strict=False)
     assert set(result.missing_keys) == {"fc.weight", "fc.bias"} and not result.unexpected_keys
+
+
+def test_resume_restores_the_queue_and_continues(moco_run):
+    code, out = moco_run
+    assert code == 0
+    before = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert main(["pretrain-moco", "--out", str(out), "--resume", *TINY_MOCO, "trainer.max_steps=4"]) == 0
+    after = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    assert after["global_step"] == 4
+    assert int(after["state_dict"]["model.queue_ptr"]) == (4 * 16) % 64
+    # step 4 wrote rows 48-63 only: the rows written before the resume are kept
+    torch.testing.assert_close(after["state_dict"]["model.queue"][:48], before["model.queue"][:48])
+    assert not torch.equal(after["state_dict"]["model.queue"][48:], before["model.queue"][48:])

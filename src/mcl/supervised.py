@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mcl.checkpoints import FORMAT_TAG
 from mcl.config import from_dict
 from mcl.data.labeled import (LabeledImageDataset, LabeledList, LabeledSyntheticScenes, collate_labeled,
                               list_labeled)
@@ -266,5 +267,5 @@ class SupervisedPretrainModule(PretrainBase):
             self.log_schedule()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mcl_format"] = "mcl-pretrain/1"
+        checkpoint["mcl_format"] = FORMAT_TAG
         checkpoint["mcl_method"] = "supervised_montage"

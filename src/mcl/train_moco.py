@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from mcl.checkpoints import FORMAT_TAG
 from mcl.config import from_dict
 from mcl.data.moco_views import TwoCropViews
 from mcl.data.sources import ImageDataset, SkipReport, collate_views, list_images
@@ -62,7 +63,6 @@ class PretrainBase(L.LightningModule):
     lr = base_lr x global_batch / 256, with global_batch = batch_size x processes x accumulation.
     """
 
-    cfg = None
     model: nn.Module
 
     def trainable(self) -> nn.Module:
@@ -180,7 +180,7 @@ class MoCoPretrainModule(PretrainBase):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mcl_last_ema_step"] = self._last_ema_step
-        checkpoint["mcl_format"] = "mcl-pretrain/1"
+        checkpoint["mcl_format"] = FORMAT_TAG
         checkpoint["mcl_method"] = "moco_v2"
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

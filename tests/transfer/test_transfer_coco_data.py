@@ -126,7 +126,8 @@ def test_empty_val_sets_are_refused_clearly(tmp_path):
 
 
 def test_evaluation_ground_truth_keeps_crowd_regions_and_fills_defaults(tmp_path):
-    plain = {"id": 2, "image_id": 1, "category_id": 3, "bbox": [30, 8, 10, 30], "segmentation": [[30, 8, 40, 8, 40, 38]]}
+    plain = {"id": 2, "image_id": 1, "category_id": 3, "bbox": [30, 8, 10, 30],
+             "segmentation": [[30, 8, 40, 8, 40, 38]]}
     path = write_coco(tmp_path, [ann(1, 1, [4, 6, 20, 10], iscrowd=1), plain])
     gt = CocoDetection(path, tmp_path, train=False).evaluation_gt()
     anns = gt.loadAnns(gt.getAnnIds())

@@ -43,8 +43,8 @@ def test_ground_truth_as_predictions_scores_exactly_one(tmp_path):
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                               for a in anns])
         masks = torch.stack([torch.from_numpy(gt.annToMask(a)).float() for a in anns])[:, None]
-        outputs.append({"boxes": boxes, "scores": torch.ones(len(anns)), "labels": torch.ones(len(anns), dtype=torch.int64),
-                        "masks": masks})
+        outputs.append({"boxes": boxes, "scores": torch.ones(len(anns)),
+                        "labels": torch.ones(len(anns), dtype=torch.int64), "masks": masks})
         ids.append(image_id)
     predictions = predictions_to_coco(outputs, ids, {1: 5})
     assert len(predictions) == 6 and predictions[0]["category_id"] == 5

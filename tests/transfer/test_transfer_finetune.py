@@ -3,16 +3,18 @@
 import contextlib
 import io
 import json
-import sys
-import types
 
 import pytest
 import torch
 import torchvision
 
+from conftest import TINY_PRETRAIN
 from mcl.cli import main
+from mcl.config import load_config, to_dict
 from mcl.errors import UserError
 from mcl.models.backbone import make_resnet
+from mcl.pretrain_config import PretrainConfig
+from mcl.train import MCLPretrainModule
 from mcl.transfer.detection import _v2_layout, build_detector, load_initial_weights
 from mcl.transfer.evaluate import METRICS
 from mcl.transfer.finetune_config import ScheduleConfig, lr_factor, resolve_schedule
@@ -85,6 +87,10 @@ def test_init_from_a_torchvision_resnet_file_is_reported_per_part(tmp_path):
 
 
 def test_init_refuses_shape_mismatches_and_keeps_other_class_counts_random(tmp_path):
+    r18 = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), r18)
+    with pytest.raises(UserError, match="a resnet18 body but the detector is a resnet34: set model.arch=resnet18"):
+        load_initial_weights(build_detector("resnet34", 5), str(r18))
     model = build_detector("resnet18", 5)
     bad = tmp_path / "bad.pth"
     torch.save({"backbone.body.conv1.weight": torch.zeros(64, 3, 3, 3)}, bad)
@@ -105,20 +111,20 @@ def test_init_without_local_torchvision_weights_names_the_expected_file(tmp_path
         load_initial_weights(build_detector("resnet18", 5), "torchvision")
 
 
-def test_mcl_pretraining_checkpoints_go_through_export(tmp_path, monkeypatch):
+def test_init_from_an_mcl_pretraining_checkpoint_takes_backbone_fpn_and_head_convs(tmp_path):
+    config = to_dict(load_config(PretrainConfig, None, [*TINY_PRETRAIN, "model.fpn_channels=256"]))
+    pretrained = MCLPretrainModule(config)
     path = tmp_path / "last.ckpt"
-    torch.save({"state_dict": {"model.online.backbone.body.conv1.weight": torch.ones(64, 3, 7, 7)}}, path)
-    calls = []
-
-    def convert_checkpoint(p, fmt, encoder="online"):
-        calls.append((p, fmt, encoder))
-        return {"backbone.body.conv1.weight": torch.ones(64, 3, 7, 7)}, "export report"
-
-    monkeypatch.setitem(sys.modules, "mcl.transfer.export", types.SimpleNamespace(convert_checkpoint=convert_checkpoint))
+    torch.save({"state_dict": pretrained.state_dict(), "hyper_parameters": {"config": config},
+                "mcl_format": "mcl-pretrain/1"}, path)
     model = build_detector("resnet18", 5)
     report = load_initial_weights(model, str(path))
-    assert calls == [(path, "torchvision-maskrcnn", "online")]
-    assert report.loaded["backbone.body"][0] == 1 and torch.all(model.backbone.body.conv1.weight == 1)
+    assert report.loaded["backbone.body"] == (120, 120) and report.loaded["backbone.fpn"] == (48, 48)
+    assert report.loaded["roi_heads.box_head"] == (24, 26)  # 4 conv+BN from the neck; the fc stays fresh
+    assert report.loaded["other"][0] == 0 and "mcl pretraining checkpoint" in str(report)
+    online = pretrained.state_dict()
+    assert torch.equal(model.state_dict()["roi_heads.box_head.3.0.weight"],
+                       online["model.online.neck.convs.3.0.weight"])
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,37 @@ def per_core_rate(produce: Callable[[int], object], count: int, budget_s: float 
             "images_per_cpu_s": len(times) / cpu if cpu > 0 else None}
 
 
+def views_breakdown(views, images: list, count: int) -> dict:
+    """CPU milliseconds per image (all ``2k`` crops) spent in each step of the crop recipe, one thread.
+
+    Runs the recipe's transforms one at a time (``views.recipes[v].transforms``) on ``count`` images,
+    then the stack + normalise; the steps' sum is close to the views' own per-image CPU time.
+    """
+    from mcl.data.views import _as_uint8_rgb
+
+    spent: dict[str, float] = {}
+    with one_thread():
+        for i in range(count):
+            pixels = _as_uint8_rgb(images[i % len(images)])
+            crops = []
+            for recipe in views.recipes:
+                for _ in range(views.crops_per_view):
+                    x = pixels
+                    for t in recipe.transforms:
+                        name = type(t).__name__
+                        if name == "RandomApply":
+                            name = "RandomApply(" + ",".join(type(u).__name__ for u in t.transforms) + ")"
+                        c0 = time.thread_time()
+                        x = t(x)
+                        spent[name] = spent.get(name, 0.0) + time.thread_time() - c0
+                    crops.append(x)
+            c0 = time.thread_time()
+            stacked = torch.stack(crops).to(torch.float32)
+            (stacked - views._mean) * views._inv_std
+            spent["stack+normalise"] = spent.get("stack+normalise", 0.0) + time.thread_time() - c0
+    return {k: 1000 * v / count for k, v in spent.items()}
+
+
 def write_jpegs(folder: Path, count: int, width: int, height: int, seed: int = 0, quality: int = 90) -> list[Path]:
     """``count`` JPEG photos of synthetic scenes, ``width x height``, in ``folder``."""
     from PIL import Image
@@ -112,6 +143,10 @@ def pipeline_rates(crop_size: int, image_size: tuple[int, int], count: int, crop
         out["views"] = per_core_rate(lambda i: views(decoded[i % n]), count, budget_s)
         out["decode"] = per_core_rate(lambda i: load_rgb(paths[i % n]), count, budget_s)
         out["jpeg"] = per_core_rate(lambda i: dataset[i % n], count, budget_s)
+        try:
+            out["views_cpu_ms_by_step"] = views_breakdown(views, decoded, max(min(count, 8), 1))
+        except Exception as exc:     # relies on MultiCropViews internals; a change there must not sink the rest
+            out["views_cpu_ms_by_step"] = {"error": f"{type(exc).__name__}: {exc}"}
         if synthetic_size:
             scenes = SyntheticScenes(num=max(count + 1, 2), seed=0, size=synthetic_size, transform=views)
             out["synthetic"] = per_core_rate(lambda i: scenes[i], count, budget_s)

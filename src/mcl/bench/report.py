@@ -24,21 +24,21 @@ def _fmt(value, digits: int = 1, none: str = "-") -> str:
     return f"{value:,.{digits}f}"
 
 
-def table(headers: list[str], rows: list[list[str]], markdown: bool = False) -> str:
-    """Columns aligned for a terminal, or a GitHub markdown table."""
+def table(headers: list[str], rows: list[list[str]], markdown: bool = False, left: int = 2) -> str:
+    """Columns aligned for a terminal (the first ``left`` to the left), or a GitHub markdown table."""
     if markdown:
         lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    out = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
+    out = ["  ".join(h.ljust(w) if i < left else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
     out.append("  ".join("-" * w for w in widths))
     for row in rows:
-        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        out.append("  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
     return "\n".join(out)
 
 
-def _part(flops: dict, name: str) -> int:
+def part_flops(flops: dict, name: str) -> int:
     parts = flops.get("parts", {})
     return sum(v["total"] for k, v in parts.items() if k == name or k.startswith(name + "."))
 
@@ -62,7 +62,7 @@ def flops_section(results: dict, markdown: bool = False) -> str:
             rows.append([setting["label"], mode, str(img), _fmt(c["total_flops"] / TERA, 2),
                          _fmt(c["flops_per_unique_image"] / GIGA),
                          _fmt(c["flops_per_unique_image"] / sup if sup and setting.get("crop_size") == 224 else None, 2)]
-                        + [_fmt(_part(c, p) / img / GIGA, 2) for p in PART_COLUMNS])
+                        + [_fmt(part_flops(c, p) / img / GIGA, 2) for p in PART_COLUMNS])
     for key, ref in refs.items():
         if "error" in ref:
             rows.append([ref.get("label", key), "-", "-", "-", f"failed: {ref['error'][:40]}", "-"] + ["-"] * 6)
@@ -160,9 +160,21 @@ def data_section(results: dict, markdown: bool = False) -> str:
                 rows.append([names[key], str(r["crop_size"]), source, _fmt(v["images_per_s"], 1),
                              _fmt(v.get("images_per_cpu_s"), 1), _fmt(v["median_ms_per_image"], 1),
                              str(v["images"])])
+        breakdown = [(size, r["views_cpu_ms_by_step"]) for size, r in rates.items()
+                     if isinstance(r.get("views_cpu_ms_by_step"), dict) and "error" not in r["views_cpu_ms_by_step"]]
+        if breakdown:
+            steps = list(dict.fromkeys(k for _, b in breakdown for k in b))
+            rows2 = [[step] + [_fmt(b.get(step), 1) for _, b in breakdown] for step in steps]
+            rows2.append(["total"] + [_fmt(sum(b.values()), 1) for _, b in breakdown])
+            breakdown_table = table(["crop recipe step (CPU ms per image, all 8 crops)"]
+                                    + [f"{size}px" for size, _ in breakdown], rows2, markdown, left=1)
+        else:
+            breakdown_table = ""
         lines += [_title("Data pipeline per CPU core (main process, torch.set_num_threads(1); one image = "
                          "8 normalised crops; img/CPU-s = per second of this thread's CPU time)", markdown),
                   table(headers, rows, markdown)]
+        if breakdown_table:
+            lines += ["", breakdown_table]
     lw = d.get("loader")
     if lw:
         if "error" in lw:

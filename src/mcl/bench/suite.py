@@ -14,6 +14,7 @@ Settings:
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import platform
 import socket
@@ -182,13 +183,13 @@ def references_flops(opts: BenchOptions, log: Callable[[str], None]) -> dict:
 def spec_checks(paper: dict | None) -> dict:
     """MCL-SPEC section 6's figures, from the paper-mode counts."""
     from mcl.bench import flops as F
-    from mcl.bench.report import _part
+    from mcl.bench.report import part_flops
 
     checks = {"neck_p2_over_backbone": F.neck_p2_over_backbone()}
     if paper and {"faithful", "efficient"} <= set(paper["modes"]):
         fa, ef = paper["modes"]["faithful"], paper["modes"]["efficient"]
-        neck = _part(fa, "neck") / max(_part(ef, "neck"), 1)
-        target = 1 - _part(ef, "target") / max(_part(fa, "target"), 1)
+        neck = part_flops(fa, "neck") / max(part_flops(ef, "neck"), 1)
+        target = 1 - part_flops(ef, "target") / max(part_flops(fa, "target"), 1)
         checks["paper_neck_cut"] = {"value": neck, "text": f"paper mode: efficient cuts the online neck's FLOPs "
                                                            f"{neck:.1f}x (spec: about 20x)"}
         checks["paper_target_cut"] = {"value": target, "text": f"paper mode: efficient cuts the target pass's "
@@ -258,6 +259,7 @@ def timing_section(opts: BenchOptions, device: torch.device, precision: str, cha
         out["flop_ratio"] = counts["efficient"] / counts["faithful"]
     out["config"] = to_dict(cfg)
     del steps, crops
+    gc.collect()                 # free the timed models before the loader-wait loop builds its own
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
@@ -336,8 +338,17 @@ def run_suite(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
         sections["flops"] = time.perf_counter() - t0
     if opts.timing:
         t0 = time.perf_counter()
-        results["timing"] = timing_section(opts, device, precision, channels_last,
-                                           results.get("flops", {}).get("settings", {}), log)
+        try:
+            results["timing"] = timing_section(opts, device, precision, channels_last,
+                                               results.get("flops", {}).get("settings", {}), log)
+        except UserError:
+            raise
+        except Exception as exc:     # e.g. out of memory while building: keep the data figures
+            results["timing"] = {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"}
+            log(f"  timing failed: {results['timing']['error']}")
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         sections["timing"] = time.perf_counter() - t0
     if opts.data or opts.loader:
         log("measuring the data pipeline")

@@ -265,14 +265,17 @@ def time_interleaved(steps: list[Step], device: torch.device, warmup: int = 1, r
     def guarded(step: Step, record: bool, probe_memory: bool = False) -> None:
         try:
             one(step, record, probe_memory)
+            return
         except Exception as exc:     # keep the other variants going; report why this one stopped
             if not _is_oom(exc) and not isinstance(exc, RuntimeError):
                 raise
-            results[step.name]["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-            log(f"  {step.name}: failed: {results[step.name]['error']}")
-            alive.remove(step)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            first_line = (str(exc).splitlines() or [""])[0]
+            results[step.name]["error"] = f"{type(exc).__name__}: {first_line[:300]}"
+        log(f"  {step.name}: failed: {results[step.name]['error']}")
+        alive.remove(step)
+        gc.collect()                 # the traceback's frames are gone: free the failed step's tensors
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
     start = time.perf_counter()
     for w in range(max(warmup, 1 if memory else 0)):

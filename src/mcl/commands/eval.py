@@ -11,7 +11,8 @@ HELP = "Score a detector saved by `mcl finetune` on a COCO-format set (AP, AP50,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("detector", metavar="DETECTOR_CKPT", help="RUN_DIR/detector.pt or a finetune .ckpt")
-    parser.add_argument("--val-json", help="COCO-format annotations (default: the val json the detector was trained with)")
+    parser.add_argument("--val-json", help="COCO-format annotations "
+                                           "(default: the val json the detector was trained with)")
     parser.add_argument("--val-images", help="folder the json's file_name entries are relative to")
     parser.add_argument("--out", help="folder for results.json and predictions (default: beside the checkpoint)")
     parser.add_argument("--batch-size", type=int, default=2, help="images per device (default 2)")

@@ -68,24 +68,34 @@ def synthetic_data(cfg, run_dir: Path) -> dict[str, str]:
     return paths
 
 
+def resume_checkpoint(run_dir: Path) -> Path:
+    """``last.ckpt``, else the newest step checkpoint of the run (writes are atomic, so both are whole)."""
+    from mcl.errors import UserError
+
+    candidates = sorted(run_dir.glob("*.ckpt"), key=lambda p: (p.name == "last.ckpt", p.stat().st_mtime))
+    if not candidates:
+        raise UserError(f"--resume: no checkpoint (*.ckpt) in {run_dir} (run without --resume to start fresh)")
+    return candidates[-1]
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     import lightning as L
 
     from mcl.commands.pretrain import is_rank_zero
     from mcl.config import save_yaml, to_dict
     from mcl.errors import UserError
-    from mcl.train import find_resume_checkpoint
     from mcl.transfer.coco_data import CocoDetection, make_loader
     from mcl.transfer.detection import (DetectionFinetuneModule, expected_world_size, load_initial_weights,
                                         make_trainer)
     from mcl.transfer.evaluate import format_table
 
+    say = print if is_rank_zero() else (lambda *a, **k: None)  # one copy of each line under DDP
     cfg = resolve(args, extra)
     run_dir = Path(cfg.trainer.out)
     ckpt_path = None
     if args.resume:
-        ckpt_path = find_resume_checkpoint(run_dir)
-        print(f"resuming from {ckpt_path}", flush=True)
+        ckpt_path = resume_checkpoint(run_dir)
+        say(f"resuming from {ckpt_path}", flush=True)
     elif run_dir.is_dir() and any(run_dir.glob("*.ckpt")):
         raise UserError(f"{run_dir} already holds checkpoints: add --resume to continue that run, "
                         f"or choose a new --out (nothing was overwritten)")
@@ -100,16 +110,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                             with_masks=train_set.with_masks, skip_missing_images=d.skip_missing_images)
     val_gt = val_set.evaluation_gt()
     for line in train_set.report.lines() + val_set.report.lines():
-        print(line, flush=True)
+        say(line, flush=True)
     labels = train_set.label_map
-    print(f"{'Mask' if train_set.with_masks else 'Faster'} R-CNN {cfg.model.arch}: {len(labels.category_ids)} "
+    say(f"{'Mask' if train_set.with_masks else 'Faster'} R-CNN {cfg.model.arch}: {len(labels.category_ids)} "
           f"categories, {len(train_set)} train / {len(val_set)} val images", flush=True)
 
     module = DetectionFinetuneModule(to_dict(cfg), list(labels.category_ids), list(labels.names), train_set.with_masks)
     if ckpt_path is None:
-        print(load_initial_weights(module.detector, cfg.model.init), flush=True)
+        report = load_initial_weights(module.detector, cfg.model.init)
+        say(report, flush=True)
     plan = module.plan(expected_world_size(cfg.trainer), cfg.trainer.accumulate_grad_batches)
-    print(plan.describe(), flush=True)
+    say(plan.describe(), flush=True)
     every = cfg.trainer.eval_every_steps or plan.iterations
     trainer = make_trainer(cfg.trainer, run_dir, max_steps=plan.iterations,
                            val_every_batches=every * cfg.trainer.accumulate_grad_batches)

@@ -75,7 +75,8 @@ def fit(cfg, module, datamodule, resume: bool, method: str) -> int:
     ckpt_path = None
     if resume:
         ckpt_path = find_resume_checkpoint(run_dir)
-        print(f"resuming from {ckpt_path}", flush=True)
+        print(f"resuming from {ckpt_path}" if ckpt_path else f"--resume: no checkpoint in {run_dir} yet, "
+              f"starting a new run there", flush=True)
     elif run_dir.is_dir() and any(run_dir.glob("*.ckpt")):
         raise UserError(f"{run_dir} already holds checkpoints: add --resume to continue that run, "
                         f"or choose a new --out (nothing was overwritten)")

@@ -60,7 +60,8 @@ def load_coco_json(path: str | Path) -> COCO:
             raise UserError(f"{path}: every image needs id, file_name, width and height (first bad one: {img!r:.120})")
     for ann in data["annotations"]:
         if not isinstance(ann, dict) or not {"id", "image_id", "category_id"} <= set(ann):
-            raise UserError(f"{path}: every annotation needs id, image_id and category_id (first bad one: {ann!r:.120})")
+            raise UserError(f"{path}: every annotation needs id, image_id and category_id "
+                            f"(first bad one: {ann!r:.120})")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):

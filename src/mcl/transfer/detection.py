@@ -8,6 +8,7 @@ inside ``backbone.body``. Without masks it is the matching Faster R-CNN (no ``ro
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,12 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, RPNHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from mcl.checkpoints import AtomicCheckpointIO, atomic_torch_save
 from mcl.config import from_dict
 from mcl.errors import UserError
 from mcl.models.backbone import make_resnet
 from mcl.transfer.evaluate import coco_evaluate, format_table, predictions_to_coco, write_results
+from mcl.transfer.export import convert_checkpoint, group
 from mcl.transfer.finetune_config import FinetuneConfig, TrainerConfig, lr_factor, resolve_schedule
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -38,7 +41,8 @@ class MultiScaleTransform(GeneralizedRCNNTransform):
 
     Training draws each image's short side uniformly from ``train_min_sizes`` (torchvision supports a
     tuple there); evaluation uses ``test_min_size``; the long side is capped at ``max_size``. Boxes and
-    masks are resized with the image, and predictions are mapped back to the original image size.
+    masks are resized with the image, and predictions are mapped back to the original image size
+    (so the dataset does not resize: ``mcl.transfer.coco_data``).
     """
 
     def __init__(self, train_min_sizes, test_min_size: int, max_size: int):
@@ -99,8 +103,9 @@ def _part(key: str) -> str:
 
 
 def _summarise(keys) -> str:
-    groups = Counter(".".join(k.split(".")[:3]) for k in keys)
-    return ", ".join(f"{prefix} ({n})" for prefix, n in sorted(groups.items())) or "none"
+    """``prefix (count), ...`` over at most 3 key components, e.g. ``roi_heads.mask_head (24)``."""
+    counts = group(".".join(k.split(".")[:3]) for k in keys)
+    return ", ".join(f"{prefix} ({n})" for prefix, n in sorted(counts.items())) or "none"
 
 
 @dataclass
@@ -160,8 +165,6 @@ def read_init_state_dict(path: Path) -> tuple[dict, str, str]:
         raise UserError(f"cannot read init file {path} as a PyTorch state dict: {str(exc).splitlines()[0]}") from None
     inner = obj.get("state_dict") if isinstance(obj, dict) else None
     if isinstance(inner, dict) and any(k.startswith("model.online.") for k in inner):
-        from mcl.transfer.export import convert_checkpoint  # written alongside; imported only when needed
-
         state, report = convert_checkpoint(path, "torchvision-maskrcnn", encoder="online")
         return state, "", f"mcl pretraining checkpoint {path} (online encoder, via mcl.transfer.export)\n{report}"
     state = _tensor_dict(inner) or _tensor_dict(obj.get("model") if isinstance(obj, dict) else None) \
@@ -187,12 +190,17 @@ def load_initial_weights(model: nn.Module, init: str | None) -> InitReport:
         return InitReport("random init (no weights loaded)", {p: (0, totals[p]) for p in (*REPORT_PARTS, "other")},
                           random_init=list(own))
     if init == "torchvision":
-        path = local_torchvision_weights(_body_arch(model))
+        path = local_torchvision_weights(resnet_name(own))
     else:
         path = Path(init)
     if not path.is_file():
-        raise UserError(f"init file not found: {path} (give an mcl checkpoint, an exported state dict, or a ResNet file)")
+        raise UserError(f"init file not found: {path} (give an mcl checkpoint, an exported state dict, "
+                        f"or a ResNet file)")
     state, prefix, source = read_init_state_dict(path)
+    arch, file_arch = resnet_name(own), resnet_name(state)
+    if file_arch and arch and file_arch != arch:
+        raise UserError(f"init file {path} holds a {file_arch} body but the detector is a {arch}: "
+                        f"set model.arch={file_arch} or give a {arch} file")
     report = InitReport(source)
     matched = {}
     for file_key, value in state.items():
@@ -216,15 +224,22 @@ def load_initial_weights(model: nn.Module, init: str | None) -> InitReport:
     done = Counter(_part(k) for k in matched)
     report.loaded = {p: (done[p], totals[p]) for p in (*REPORT_PARTS, "other")}
     report.random_init = [k for k in own if k not in matched]
+    if 0 < done["backbone.body"] < totals["backbone.body"]:
+        report.notes.append(f"only {done['backbone.body']} of {totals['backbone.body']} backbone.body tensors "
+                            f"came from the file")
     return report
 
 
-def _body_arch(model: nn.Module) -> str:
-    """``resnetD`` of a detector's body: D = 2 + (3 per bottleneck block or 2 per basic block)."""
-    body = model.backbone.body
-    blocks = sum(len(getattr(body, f"layer{i}")) for i in range(1, 5))
-    per_block = 3 if isinstance(body.layer1[0], torchvision.models.resnet.Bottleneck) else 2
-    return f"resnet{2 + per_block * blocks}"
+def resnet_name(keys) -> str | None:
+    """``resnetD`` of the ResNet body whose tensors ``keys`` name (None if none do).
+
+    D = 2 + 3 per bottleneck block (those have a ``conv3``) or 2 per basic block; blocks are ``layerI.J``.
+    """
+    blocks = {m.group(0) for k in keys if (m := re.search(r"(?<![a-z_])layer[1-4]\.\d+", k))}
+    if not blocks:
+        return None
+    per_block = 3 if any(re.search(r"layer[1-4]\.\d+\.conv3\.", k) for k in keys) else 2
+    return f"resnet{2 + per_block * len(blocks)}"
 
 
 # ---------------------------------------------------------------- fine-tuning (Lightning)
@@ -305,7 +320,7 @@ class DetectionFinetuneModule(L.LightningModule):
     def save_detector(self, path: str | Path) -> Path:
         """The weights and what is needed to rebuild them (config, category ids), loadable by ``from_file``."""
         path = Path(path)
-        torch.save({"hyper_parameters": dict(self.hparams), "state_dict": self.state_dict()}, path)
+        atomic_torch_save({"hyper_parameters": dict(self.hparams), "state_dict": self.state_dict()}, path)
         return path
 
     def set_evaluation(self, gt, eval_dir: str | Path, **extra) -> None:
@@ -358,7 +373,7 @@ class DetectionFinetuneModule(L.LightningModule):
         self.last_results = self.trainer.strategy.broadcast(results, src=0)
         self.last_eval_step = self.global_step
         metrics = {f"val/{t}_{m}": v for t in self.iou_types for m, v in self.last_results[t].items() if v is not None}
-        self.log_dict(metrics)
+        self.log_dict(metrics, sync_dist=True)  # identical on every rank (broadcast)
 
     def configure_optimizers(self):
         s = self.cfg.schedule
@@ -374,7 +389,8 @@ class DetectionFinetuneModule(L.LightningModule):
 def make_trainer(t: TrainerConfig, run_dir: Path, max_steps: int = -1, val_every_batches: int | None = None,
                  fit: bool = True) -> L.Trainer:
     """The Lightning Trainer (DDP over devices and nodes, SyncBN with more than one process, AMP via
-    ``precision``); with ``fit``: step checkpoints in ``run_dir`` (newest kept + ``last.ckpt``), TensorBoard logs."""
+    ``precision``); with ``fit``: step checkpoints in ``run_dir`` (newest kept + ``last.ckpt``, written
+    atomically), TensorBoard logs."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -395,7 +411,8 @@ def make_trainer(t: TrainerConfig, run_dir: Path, max_steps: int = -1, val_every
         max_steps=max_steps, max_epochs=-1 if max_steps > 0 else None,
         val_check_interval=val_every_batches, check_val_every_n_epoch=None if val_every_batches else 1,
         num_sanity_val_steps=0, log_every_n_steps=t.log_every_steps, default_root_dir=run_dir,
-        logger=loggers, callbacks=callbacks, enable_progress_bar=t.progress_bar, enable_model_summary=False)
+        logger=loggers, callbacks=callbacks, enable_progress_bar=t.progress_bar, enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()])
     expected = expected_world_size(t)
     if trainer.world_size != expected:
         raise UserError(f"trainer.devices={t.devices!r} gave {trainer.world_size} processes, expected {expected}; "

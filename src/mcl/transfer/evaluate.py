@@ -107,7 +107,8 @@ def format_table(results: dict) -> str:
     lines = [f"{'':6}" + "".join(f"{m:>8}" for m in METRICS)]
     for iou_type in types:
         row = results[iou_type]
-        lines.append(f"{iou_type:6}" + "".join(f"{'-' if row[m] is None else f'{100 * row[m]:.1f}':>8}" for m in METRICS))
+        cells = ("-" if row[m] is None else f"{100 * row[m]:.1f}" for m in METRICS)
+        lines.append(f"{iou_type:6}" + "".join(f"{c:>8}" for c in cells))
     lines += [f"note: {n}" for n in results.get("notes", [])]
     return "\n".join(lines)
 
