@@ -61,7 +61,7 @@ class Layout:
     """What the checkpoint's tensors describe: ResNet depth, FPN width, neck convs."""
 
     arch: str
-    fpn_channels: int
+    fpn_channels: int | None      # None: no FPN in the checkpoint (backbone-only pretraining, e.g. MoCo)
     neck_convs: int
 
 
@@ -99,9 +99,10 @@ def infer_layout(state: dict[str, Tensor], encoder: str) -> Layout:
     if arch is None:
         raise UserError(f"the checkpoint's ResNet ({len(blocks)} blocks in layer3, bottleneck={bottleneck}) "
                         f"is not one of {', '.join(_ARCHS.values())}")
-    fpn_channels = state[f"model.{encoder}.backbone.fpn.layer_blocks.0.0.weight"].shape[0]
+    fpn_key = f"model.{encoder}.backbone.fpn.layer_blocks.0.0.weight"
+    fpn_channels = int(state[fpn_key].shape[0]) if fpn_key in state else None
     convs = {k.split(".")[4] for k in state if k.startswith(f"model.{encoder}.neck.convs.")}
-    return Layout(arch, int(fpn_channels), len(convs))
+    return Layout(arch, fpn_channels, len(convs))
 
 
 # ---------------------------------------------------------------- the renaming plan
@@ -157,6 +158,7 @@ class ExportReport:
     usage: str = ""
     fpn_channels: int = 256
     head_convs: int = 0                                      # box-head convs taken from the neck
+    has_fpn: bool = True                                     # False: backbone-only checkpoint, FPN stays fresh
 
     def text(self) -> str:
         bar = "=" * 72
@@ -215,13 +217,13 @@ def convert_checkpoint(path, fmt: str, encoder: str = "online") -> tuple[dict, E
         raise UserError(f"encoder {encoder!r} is unknown: choose online or target")
     state = read_checkpoint(path)
     layout = infer_layout(state, encoder)
-    if fmt == "torchvision-maskrcnn" and layout.fpn_channels != 256:
+    if fmt == "torchvision-maskrcnn" and layout.fpn_channels not in (None, 256):
         raise UserError(f"{path} was pretrained with model.fpn_channels={layout.fpn_channels}, but torchvision's "
                         f"Mask R-CNN has 256 FPN channels: export --format torchvision-resnet (backbone only)")
     items = plan(state, fmt, encoder, layout)
-    parts = ("backbone",) if fmt == "torchvision-resnet" else PARTS
+    parts = ("backbone",) if fmt == "torchvision-resnet" or layout.fpn_channels is None else PARTS
     report = ExportReport(str(path), fmt, encoder, layout.arch, exported=dict.fromkeys(parts, 0),
-                          fpn_channels=layout.fpn_channels,
+                          fpn_channels=layout.fpn_channels or 256, has_fpn=layout.fpn_channels is not None,
                           head_convs=0 if fmt == "torchvision-resnet" else min(layout.neck_convs, HEAD_CONVS))
     taken = {src for src, _, _ in items}
     report.not_exported = [k for k in state if k not in taken]
@@ -236,7 +238,9 @@ def convert_checkpoint(path, fmt: str, encoder: str = "online") -> tuple[dict, E
             raise RuntimeError(f"export renaming collision: two tensors named {name!r}")
         result[name] = state[src]
         report.exported[part] += 1
-    if fmt != "torchvision-resnet" and layout.neck_convs < HEAD_CONVS:
+    if fmt != "torchvision-resnet" and layout.fpn_channels is None:
+        report.notes.append("backbone-only checkpoint (no FPN, no neck): the FPN and all box-head convs stay fresh")
+    elif fmt != "torchvision-resnet" and layout.neck_convs < HEAD_CONVS:
         report.notes.append(f"the checkpoint's neck has {layout.neck_convs} convs: box head convs "
                             f"{layout.neck_convs + 1}-{HEAD_CONVS} stay fresh")
     if fmt == "detectron2":
@@ -269,7 +273,8 @@ def _counters(keys) -> set[str]:
     return {k for k in keys if k.endswith(".num_batches_tracked")}
 
 
-def verify_torchvision(state: dict[str, Tensor], arch: str, fmt: str, head_convs: int = HEAD_CONVS) -> str:
+def verify_torchvision(state: dict[str, Tensor], arch: str, fmt: str, head_convs: int = HEAD_CONVS,
+                       has_fpn: bool = True) -> str:
     """Load ``state`` into the real torchvision model and prove it covers exactly what it should.
 
     ``state`` must hold exactly the model's keys in the covered parts (ResNet body; for Mask R-CNN also the
@@ -281,7 +286,7 @@ def verify_torchvision(state: dict[str, Tensor], arch: str, fmt: str, head_convs
         model, name, covered = getattr(torchvision.models, arch)(weights=None), f"torchvision {arch}", None
     else:
         model, name = torchvision_detector(arch, num_classes=2), f"torchvision Mask R-CNN v2 ({arch})"
-        covered = ("backbone.body.", "backbone.fpn.") + tuple(f"roi_heads.box_head.{k}." for k in range(head_convs))
+        covered = ("backbone.body.",) + (("backbone.fpn.",) if has_fpn else ()) + tuple(f"roi_heads.box_head.{k}." for k in range(head_convs))
     own = model.state_dict()
     fresh = {k for k in own if (k.startswith("fc.") if covered is None else not k.startswith(covered))}
     if set(state) != set(own) - fresh:
@@ -364,7 +369,7 @@ def export(path, fmt: str, out, encoder: str = "online", force: bool = False) ->
         write_atomic(outputs[1], lambda f: f.write(text.encode()))
         report.extra_files.append(str(outputs[1]))
     else:
-        report.check = verify_torchvision(payload, report.arch, fmt, report.head_convs)
+        report.check = verify_torchvision(payload, report.arch, fmt, report.head_convs, report.has_fpn)
         write_atomic(out, lambda f: torch.save(payload, f))
     report.out = str(out)
     report.usage = _usage(report, str(out.resolve()) if fmt == "detectron2" else str(out))
