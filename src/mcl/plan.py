@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from mcl.models.mcl import fpn_level_for
 from mcl.montage import level_specs
 from mcl.optim import scaled_lr
@@ -36,4 +39,52 @@ def describe_plan(cfg: PretrainConfig, world_size: int | None = None) -> str:
         lines.append(f"schedule: {t.max_steps} optimizer steps")
     else:
         lines.append(f"schedule: {t.max_epochs} epochs")
+    lines += cost_lines(cfg)
     return "\n".join(lines)
+
+
+def cost_lines(cfg: PretrainConfig, results_dir: Path = Path("benchmarks/results")) -> list[str]:
+    """FLOPs per device step (counted on the meta device), parameter memory, and a time estimate."""
+    from mcl.bench.flops import mcl_step_flops
+
+    flops = mcl_step_flops(cfg)
+    lines = [f"FLOPs per device step (fwd+bwd online, fwd target): {flops.total / 1e12:.3f} TFLOP "
+             f"({flops.per_image / 1e9:.1f} GFLOP per unique image, {cfg.model.compute_mode} mode)"]
+    from mcl.train import build_model
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(cfg)
+    online = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("target."))
+    target = sum(p.numel() for n, p in model.named_parameters() if n.startswith("target."))
+    state_bytes = 4 * (3 * online + target)          # fp32 weights, gradients, momentum; EMA target
+    lines.append(f"parameters: {online / 1e6:.1f} M trained + {target / 1e6:.1f} M EMA target; weights, grads and "
+                 f"optimizer state ~{state_bytes / 2**30:.2f} GiB per device (activations come on top: see mcl bench)")
+    lines.append(estimate_epoch_time(cfg, results_dir))
+    return lines
+
+
+def estimate_epoch_time(cfg: PretrainConfig, results_dir: Path) -> str:
+    """Time per epoch from a ``mcl bench`` step time measured for the same model, batch and crop size."""
+    m, d = cfg.model, cfg.data
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            variants = data["timing"]["variants"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for name, v in variants.items():
+            info = v.get("info", {})
+            if (info.get("kind"), info.get("compute_mode"), info.get("arch"), info.get("crop_size"),
+                    info.get("batch_size")) == ("mcl", m.compute_mode, m.arch, d.crop_size, d.batch_size):
+                if "median_s" not in v:
+                    continue
+                device = data.get("machine", {}).get("device_name", "?")
+                if d.source is None:
+                    return (f"time: {v['median_s']:.2f} s per device step on {device} ({path.name}); "
+                            f"an epoch of {d.synthetic_num} synthetic images ~ "
+                            f"{v['median_s'] * d.synthetic_num / d.batch_size / 60:.1f} min on one device")
+                return (f"time: {v['median_s']:.2f} s per device step on {device} ({path.name}); "
+                        f"x (images / global batch) per epoch")
+    return (f"time: no benchmark figure for {m.arch} {m.compute_mode} at B={d.batch_size}, {d.crop_size}px "
+            f"in {results_dir} (run `mcl bench` on this machine to get one)")
