@@ -3,7 +3,7 @@
 Run: python examples/own_training_loop.py   (a few seconds on a CPU; tiny sizes)
 """
 
-import mcl  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch starts its threads)
+import mcl  # noqa: F401 -- first: sets OMP_WAIT_POLICY before torch starts its threads)
 import torch
 
 from mcl.data import MultiCropViews, SyntheticScenes, collate_views

@@ -1,7 +1,6 @@
 """The docs cannot drift from the code: the Python example runs, and every `mcl` command written in
 the README and docs is accepted by the command line; the ones that need no outside data are run."""
 
-import re
 import runpy
 import shlex
 from pathlib import Path

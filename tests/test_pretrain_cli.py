@@ -4,7 +4,6 @@ import csv
 import math
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 

@@ -99,38 +99,59 @@ class PretrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
+Check = tuple[bool, str, str]   # (condition that must hold, key, what it must be)
+
+
+def data_checks(d: DataConfig) -> list[Check]:
+    return [
+        (d.batch_size >= 2, "data.batch_size", "must be >= 2 (the loss needs negatives, BatchNorm two samples)"),
+        (d.crop_size >= 32, "data.crop_size", "must be >= 32"),
+        (len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+         "data.crop_scale", "must be [min, max] with 0 < min <= max <= 1"),
+        (d.num_workers >= 0, "data.num_workers", "must be >= 0"),
+        (d.synthetic_num >= d.batch_size or d.source is not None, "data.synthetic_num",
+         "must be >= data.batch_size"),
+    ]
+
+
+def optim_checks(o: OptimConfig) -> list[Check]:
+    return [
+        (o.base_lr > 0, "optim.base_lr", "must be > 0"),
+        (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
+        (0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)"),
+        (o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0"),
+        (0 < o.warmup_start_ratio <= 1, "optim.warmup_start_ratio", "must be in (0, 1]"),
+        (o.min_lr >= 0, "optim.min_lr", "must be >= 0"),
+        (o.clip_grad_norm is None or o.clip_grad_norm > 0, "optim.clip_grad_norm", "must be > 0 or null"),
+    ]
+
+
+def trainer_checks(t: TrainerConfig) -> list[Check]:
+    return [
+        (t.max_epochs >= 1 or t.max_steps > 0, "trainer.max_epochs", "must be >= 1"),
+        (t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1"),
+        (t.checkpoint_every_steps >= 1, "trainer.checkpoint_every_steps", "must be >= 1"),
+        (t.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1"),
+        (t.log_every_steps >= 1, "trainer.log_every_steps", "must be >= 1"),
+        (t.num_nodes >= 1, "trainer.num_nodes", "must be >= 1"),
+    ]
+
+
+def run_checks(cfg, checks: list[Check]) -> None:
+    """Raise ``UserError`` naming the first key whose check fails, with its value."""
+    for ok, key, why in checks:
+        if not ok:
+            raise UserError(f"{key} = {eval_key(cfg, key)!r} {why}")
+
+
 def validate(cfg: PretrainConfig) -> None:
     """Refuse values that cannot work, with one line naming the key; cheap checks only."""
-    checks = [
-        (cfg.data.batch_size >= 2, "data.batch_size", "must be >= 2 (the loss needs negatives)"),
-        (cfg.data.crop_size >= 32, "data.crop_size", "must be >= 32"),
-        (len(cfg.data.crop_scale) == 2 and 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1,
-         "data.crop_scale", "must be [min, max] with 0 < min <= max <= 1"),
-        (cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0"),
-        (cfg.data.synthetic_num >= cfg.data.batch_size or cfg.data.source is not None, "data.synthetic_num",
-         "must be >= data.batch_size"),
+    run_checks(cfg, data_checks(cfg.data) + [
         (cfg.model.cell_size >= 1, "model.cell_size", "must be >= 1"),
         (0 <= cfg.model.momentum_base < 1, "model.momentum_base", "must be in [0, 1)"),
         (cfg.loss.temperature > 0, "loss.temperature", "must be > 0"),
         (all(w >= 0 for w in cfg.loss.level_weights), "loss.level_weights", "must be >= 0"),
-        (cfg.optim.base_lr > 0, "optim.base_lr", "must be > 0"),
-        (cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
-        (0 <= cfg.optim.momentum < 1, "optim.momentum", "must be in [0, 1)"),
-        (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0"),
-        (0 < cfg.optim.warmup_start_ratio <= 1, "optim.warmup_start_ratio", "must be in (0, 1]"),
-        (cfg.optim.min_lr >= 0, "optim.min_lr", "must be >= 0"),
-        (cfg.optim.clip_grad_norm is None or cfg.optim.clip_grad_norm > 0, "optim.clip_grad_norm", "must be > 0 or null"),
-        (cfg.trainer.max_epochs >= 1 or cfg.trainer.max_steps > 0, "trainer.max_epochs", "must be >= 1"),
-        (cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1"),
-        (cfg.trainer.checkpoint_every_steps >= 1, "trainer.checkpoint_every_steps", "must be >= 1"),
-        (cfg.trainer.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1"),
-        (cfg.trainer.log_every_steps >= 1, "trainer.log_every_steps", "must be >= 1"),
-        (cfg.trainer.num_nodes >= 1, "trainer.num_nodes", "must be >= 1"),
-    ]
-    for ok, key, why in checks:
-        if not ok:
-            value = eval_key(cfg, key)
-            raise UserError(f"{key} = {value!r} {why}")
+    ] + optim_checks(cfg.optim) + trainer_checks(cfg.trainer))
 
 
 def eval_key(cfg: PretrainConfig, dotted: str):

@@ -37,8 +37,10 @@ from mcl.data.views import MultiCropViews
 from mcl.errors import UserError
 from mcl.models.mcl import Encoder, fpn_level_for
 from mcl.montage import build_pyramids, level_specs
-from mcl.pretrain_config import DataConfig, MontageConfig, OptimConfig, TrainerConfig, eval_key
-from mcl.train_moco import DatasetModule, PretrainBase
+from mcl.pretrain_config import (DataConfig, MontageConfig, OptimConfig, TrainerConfig, data_checks,
+                                 optim_checks, run_checks, trainer_checks)
+from mcl.train import PretrainBase
+from mcl.train_moco import DatasetModule
 
 
 # ---------------------------------------------------------------- config
@@ -73,35 +75,13 @@ class SupervisedConfig:
 def validate(cfg: SupervisedConfig) -> None:
     """Refuse values that cannot work, with one line naming the key."""
     d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.trainer
-    checks = [
-        (d.batch_size >= 2, "data.batch_size", "must be >= 2"),
-        (d.crop_size >= 32, "data.crop_size", "must be >= 32"),
-        (len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "data.crop_scale",
-         "must be [min, max] with 0 < min <= max <= 1"),
-        (d.num_workers >= 0, "data.num_workers", "must be >= 0"),
-        (d.synthetic_num >= d.batch_size or d.source is not None, "data.synthetic_num", "must be >= data.batch_size"),
+    run_checks(cfg, data_checks(d) + [
         (m.cell_size >= 1, "model.cell_size", "must be >= 1"),
         (m.num_classes is None or m.num_classes >= 2, "model.num_classes", "must be >= 2 or null (from the data)"),
         (len(cfg.loss.level_weights) == len(cfg.montage.ratios), "loss.level_weights",
          f"must have one weight per montage level ({len(cfg.montage.ratios)})"),
         (all(w >= 0 for w in cfg.loss.level_weights), "loss.level_weights", "must be >= 0"),
-        (o.base_lr > 0, "optim.base_lr", "must be > 0"),
-        (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
-        (0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)"),
-        (o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0"),
-        (0 < o.warmup_start_ratio <= 1, "optim.warmup_start_ratio", "must be in (0, 1]"),
-        (o.min_lr >= 0, "optim.min_lr", "must be >= 0"),
-        (o.clip_grad_norm is None or o.clip_grad_norm > 0, "optim.clip_grad_norm", "must be > 0 or null"),
-        (t.max_epochs >= 1 or t.max_steps > 0, "trainer.max_epochs", "must be >= 1"),
-        (t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1"),
-        (t.checkpoint_every_steps >= 1, "trainer.checkpoint_every_steps", "must be >= 1"),
-        (t.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1"),
-        (t.log_every_steps >= 1, "trainer.log_every_steps", "must be >= 1"),
-        (t.num_nodes >= 1, "trainer.num_nodes", "must be >= 1"),
-    ]
-    for ok, key, why in checks:
-        if not ok:
-            raise UserError(f"{key} = {eval_key(cfg, key)!r} {why}")
+    ] + optim_checks(o) + trainer_checks(t))
 
 
 # ---------------------------------------------------------------- pure functions

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
 from torch.utils.data import DataLoader
 
 from mcl.checkpoints import FORMAT_TAG, AtomicCheckpointIO, newest_valid_checkpoint
@@ -80,7 +81,74 @@ class MCLDataModule(L.LightningDataModule):
                           pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0)
 
 
-class MCLPretrainModule(L.LightningModule):
+class PretrainBase(L.LightningModule):
+    """What every pretraining method needs around its ``self.model``; subclasses define ``trainable()``.
+
+    ``cfg`` must have ``data.batch_size``, ``optim`` (an ``OptimConfig``), ``trainer`` and ``model.sync_bn``.
+    lr = base_lr x global_batch / 256, with global_batch = batch_size x processes x accumulation.
+    """
+
+    model: nn.Module
+
+    def trainable(self) -> nn.Module:
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        mode = self.cfg.model.sync_bn
+        if mode is True or (mode == "auto" and self.trainer.world_size > 1):
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.skip_report = SkipReport(self.cfg.data.source or "the synthetic scenes")
+
+    def world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def global_batch(self) -> int:
+        return self.cfg.data.batch_size * self.world_size() * self.cfg.trainer.accumulate_grad_batches
+
+    def steps_per_epoch(self) -> int:
+        return max(len(self.trainer.datamodule.dataset) // self.global_batch(), 1)
+
+    def total_steps(self) -> int:
+        return int(self.trainer.estimated_stepping_batches)
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        lr = scaled_lr(o.base_lr, self.global_batch())
+        optimizer = build_optimizer(self.trainable(), o.name, lr, o.weight_decay, o.momentum, o.trust_coefficient,
+                                    o.exclude_bn_bias)
+        total = self.total_steps()
+        warmup = o.warmup_steps if o.warmup_steps is not None else round(o.warmup_epochs * self.steps_per_epoch())
+        warmup = min(int(warmup), total)
+        min_lr = min(o.min_lr, lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: warmup_cosine_factor(k, total, warmup, lr, min_lr, o.warmup_start_ratio))
+        self.planned = {"lr": lr, "total_steps": total, "warmup_steps": warmup, "global_batch": self.global_batch()}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def note_batch(self, batch: dict) -> int:
+        """Report skipped files and log images/s; returns the per-process batch size."""
+        if batch.get("skipped") and getattr(self, "skip_report", None) is not None:
+            self.skip_report.update(batch["skipped"])
+        bs = batch["crops"].shape[0]
+        now = time.perf_counter()
+        last = getattr(self, "_step_timer", None)
+        if last is not None:
+            self.log("img_per_s", bs * self.world_size() / max(now - last, 1e-9), prog_bar=True, batch_size=bs)
+        self._step_timer = now
+        return bs
+
+    def log_schedule(self) -> None:
+        """``train/lr`` and ``train/global_step`` (the checkpoint callback monitors the latter)."""
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
+        self.log("train/global_step", float(self.trainer.global_step), batch_size=1)
+
+    def on_train_epoch_end(self) -> None:
+        report = getattr(self, "skip_report", None)
+        if report is not None and report.count:
+            print(report.summary(), flush=True)
+
+
+class MCLPretrainModule(PretrainBase):
     """The MCL model, LARS + warm-up/cosine, the EMA target update, and per-level logging."""
 
     def __init__(self, config: dict):
@@ -92,58 +160,19 @@ class MCLPretrainModule(L.LightningModule):
         self._last_ema_step = 0
         self._step_timer: float | None = None
 
-    # ----- setup -----------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        mode = self.cfg.model.sync_bn
-        world = self.trainer.world_size
-        if mode is True or (mode == "auto" and world > 1):
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        source = self.cfg.data.source or "the synthetic scenes"
-        self.skip_report = SkipReport(source)
-
-    def global_batch(self) -> int:
-        world = self.trainer.world_size if self._trainer is not None else 1
-        return self.cfg.data.batch_size * world * self.cfg.trainer.accumulate_grad_batches
-
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch: dataset size // global batch."""
-        dataset = self.trainer.datamodule.dataset
-        return max(len(dataset) // self.global_batch(), 1)
-
-    def total_steps(self) -> int:
-        return int(self.trainer.estimated_stepping_batches)
-
-    def configure_optimizers(self):
-        o = self.cfg.optim
-        lr = scaled_lr(o.base_lr, self.global_batch())
-        trainable = torch.nn.ModuleDict({"online": self.model.online, "predictors": self.model.predictors})
-        optimizer = build_optimizer(trainable, o.name, lr, o.weight_decay, o.momentum, o.trust_coefficient,
-                                    o.exclude_bn_bias)
-        total = self.total_steps()
-        warmup = o.warmup_steps if o.warmup_steps is not None else round(o.warmup_epochs * self.steps_per_epoch())
-        warmup = min(int(warmup), total)
-        min_lr = min(o.min_lr, lr)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda k: warmup_cosine_factor(k, total, warmup, lr, min_lr, o.warmup_start_ratio))
-        self.planned = {"lr": lr, "total_steps": total, "warmup_steps": warmup, "global_batch": self.global_batch()}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    def trainable(self) -> torch.nn.Module:
+        """What the optimiser updates: the online encoder and the predictors (not the EMA target)."""
+        return torch.nn.ModuleDict({"online": self.model.online, "predictors": self.model.predictors})
 
     # ----- the step --------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if batch["skipped"] and self.skip_report is not None:
-            self.skip_report.update(batch["skipped"])
+        bs = self.note_batch(batch)
         out = self.model(batch["crops"])
-        bs = batch["crops"].shape[0]
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=bs)
         for i, s in enumerate(out.levels):
             self.log(f"train/loss_level{i}", s.loss, batch_size=bs)
             self.log(f"train/pos_cos_level{i}", s.pos_cosine, batch_size=bs)
             self.log(f"train/neg_cos_level{i}", s.neg_cosine, batch_size=bs)
-        now = time.perf_counter()
-        if self._step_timer is not None:
-            world = self.trainer.world_size
-            self.log("img_per_s", bs * world / max(now - self._step_timer, 1e-9), prog_bar=True, batch_size=bs)
-        self._step_timer = now
         return out.loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -153,12 +182,7 @@ class MCLPretrainModule(L.LightningModule):
             self.model.update_target(momentum)
             self._last_ema_step = step
             self.log("train/momentum", momentum, batch_size=1)
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
-            self.log("train/global_step", float(step), batch_size=1)
-
-    def on_train_epoch_end(self) -> None:
-        if self.skip_report is not None and self.skip_report.count:
-            print(self.skip_report.summary(), flush=True)
+            self.log_schedule()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mcl_last_ema_step"] = self._last_ema_step

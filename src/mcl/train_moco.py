@@ -1,7 +1,7 @@
 """Lightning glue for the MoCo v2 baseline, and the method-agnostic pieces it shares with other baselines.
 
 Shared (used by ``mcl.supervised`` too): :class:`DatasetModule` (a dataset factory + collate ->
-shuffled drop-last loaders, sharded by Lightning), and :class:`PretrainBase` (SyncBN with > 1 process,
+shuffled drop-last loaders, sharded by Lightning), and ``mcl.train.PretrainBase`` (SyncBN with > 1 process,
 global batch, optimiser + warm-up/cosine per step from ``OptimConfig``, images/s). The Trainer is
 ``mcl.train.build_trainer`` unchanged (it reads only ``cfg.trainer`` and ``cfg.optim.clip_grad_norm``).
 
@@ -12,7 +12,6 @@ checkpoint ``mcl_format = "mcl-pretrain/1"``, ``mcl_method = "moco_v2"``.
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import lightning as L
@@ -23,12 +22,13 @@ from torch.utils.data import DataLoader, Dataset
 from mcl.checkpoints import FORMAT_TAG
 from mcl.config import from_dict
 from mcl.data.moco_views import TwoCropViews
-from mcl.data.sources import ImageDataset, SkipReport, collate_views, list_images
+from mcl.data.sources import ImageDataset, collate_views, list_images
 from mcl.data.synthetic import SyntheticScenes
 from mcl.errors import UserError
 from mcl.models.moco import MoCo
 from mcl.moco_config import MoCoConfig
-from mcl.optim import build_optimizer, scaled_lr, warmup_cosine_factor
+from mcl.optim import scaled_lr
+from mcl.train import PretrainBase
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -54,73 +54,6 @@ class DatasetModule(L.LightningDataModule):
         return DataLoader(self.dataset, batch_size=d.batch_size, shuffle=True, drop_last=True,
                           num_workers=d.num_workers, collate_fn=self.collate,
                           pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0)
-
-
-class PretrainBase(L.LightningModule):
-    """What every pretraining method needs around its ``self.model``; subclasses define ``trainable()``.
-
-    ``cfg`` must have ``data.batch_size``, ``optim`` (an ``OptimConfig``), ``trainer`` and ``model.sync_bn``.
-    lr = base_lr x global_batch / 256, with global_batch = batch_size x processes x accumulation.
-    """
-
-    model: nn.Module
-
-    def trainable(self) -> nn.Module:
-        raise NotImplementedError
-
-    def setup(self, stage: str) -> None:
-        mode = self.cfg.model.sync_bn
-        if mode is True or (mode == "auto" and self.trainer.world_size > 1):
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.skip_report = SkipReport(self.cfg.data.source or "the synthetic scenes")
-
-    def world_size(self) -> int:
-        return self.trainer.world_size if self._trainer is not None else 1
-
-    def global_batch(self) -> int:
-        return self.cfg.data.batch_size * self.world_size() * self.cfg.trainer.accumulate_grad_batches
-
-    def steps_per_epoch(self) -> int:
-        return max(len(self.trainer.datamodule.dataset) // self.global_batch(), 1)
-
-    def total_steps(self) -> int:
-        return int(self.trainer.estimated_stepping_batches)
-
-    def configure_optimizers(self):
-        o = self.cfg.optim
-        lr = scaled_lr(o.base_lr, self.global_batch())
-        optimizer = build_optimizer(self.trainable(), o.name, lr, o.weight_decay, o.momentum, o.trust_coefficient,
-                                    o.exclude_bn_bias)
-        total = self.total_steps()
-        warmup = o.warmup_steps if o.warmup_steps is not None else round(o.warmup_epochs * self.steps_per_epoch())
-        warmup = min(int(warmup), total)
-        min_lr = min(o.min_lr, lr)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda k: warmup_cosine_factor(k, total, warmup, lr, min_lr, o.warmup_start_ratio))
-        self.planned = {"lr": lr, "total_steps": total, "warmup_steps": warmup, "global_batch": self.global_batch()}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def note_batch(self, batch: dict) -> int:
-        """Report skipped files and log images/s; returns the per-process batch size."""
-        if batch.get("skipped") and getattr(self, "skip_report", None) is not None:
-            self.skip_report.update(batch["skipped"])
-        bs = batch["crops"].shape[0]
-        now = time.perf_counter()
-        last = getattr(self, "_step_timer", None)
-        if last is not None:
-            self.log("img_per_s", bs * self.world_size() / max(now - last, 1e-9), prog_bar=True, batch_size=bs)
-        self._step_timer = now
-        return bs
-
-    def log_schedule(self) -> None:
-        """``train/lr`` and ``train/global_step`` (the checkpoint callback monitors the latter)."""
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
-        self.log("train/global_step", float(self.trainer.global_step), batch_size=1)
-
-    def on_train_epoch_end(self) -> None:
-        report = getattr(self, "skip_report", None)
-        if report is not None and report.count:
-            print(report.summary(), flush=True)
 
 
 # ---------------------------------------------------------------- MoCo

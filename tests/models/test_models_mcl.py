@@ -6,7 +6,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
 from mcl.errors import UserError
 from mcl.models.backbone import ResNetFPN
-from mcl.models.ema import cosine_momentum, ema_update
+from mcl.models.ema import cosine_momentum
 from mcl.models.mcl import MCL, fpn_level_for
 from mcl.models.neck import CellNeck, split_cells
 
