@@ -47,20 +47,31 @@ def resolve(args: argparse.Namespace, extra: list[str]):
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from mcl.config import save_yaml
-    from mcl.errors import UserError
-    from mcl.train import MCLDataModule, MCLPretrainModule, build_trainer, config_dict, find_resume_checkpoint
-    from mcl.summary import RunSummary
+    from mcl.train import MCLDataModule, MCLPretrainModule, config_dict
 
     cfg = resolve(args, extra)
-    run_dir = Path(cfg.trainer.out)
     module = MCLPretrainModule(config_dict(cfg))           # validates the geometry before any work
     if args.dry_run:
         from mcl.plan import describe_plan
         print(describe_plan(cfg))
         return 0
+    return fit(cfg, module, MCLDataModule(cfg), args.resume,
+               lambda summary, trainer, checkpoint: summary.text(trainer, checkpoint))
+
+
+def fit(cfg, module, datamodule, resume: bool, describe) -> int:
+    """Refuse to overwrite a run, save the resolved config, train, write ``last.ckpt``, print the summary.
+
+    Shared by every pretraining method; ``describe(summary, trainer, checkpoint) -> str`` is the end text.
+    """
+    from mcl.config import save_yaml
+    from mcl.errors import UserError
+    from mcl.summary import RunSummary
+    from mcl.train import build_trainer, find_resume_checkpoint
+
+    run_dir = Path(cfg.trainer.out)
     ckpt_path = None
-    if args.resume:
+    if resume:
         ckpt_path = find_resume_checkpoint(run_dir)
         print(f"resuming from {ckpt_path}" if ckpt_path else f"--resume: no checkpoint in {run_dir} yet, "
               f"starting a new run there", flush=True)
@@ -72,10 +83,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         save_yaml(cfg, run_dir / "config.yaml")
     summary = RunSummary(run_dir)
     trainer = build_trainer(cfg, run_dir, extra_callbacks=[summary])
-    datamodule = MCLDataModule(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     trainer.save_checkpoint(run_dir / "last.ckpt")
     if trainer.is_global_zero:
-        print(summary.text(trainer, run_dir / "last.ckpt"), flush=True)
+        print(describe(summary, trainer, run_dir / "last.ckpt"), flush=True)
     sys.stdout.flush()
     return 0

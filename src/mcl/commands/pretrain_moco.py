@@ -7,7 +7,6 @@ Also holds the run flow every pretraining command shares (``add_run_arguments``,
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -64,33 +63,11 @@ def summary_text(summary, trainer, checkpoint: Path, method: str) -> str:
 
 
 def fit(cfg, module, datamodule, resume: bool, method: str) -> int:
-    """Refuse to overwrite a run, save the resolved config, train, write ``last.ckpt``, print the summary."""
-    from mcl.commands.pretrain import is_rank_zero
-    from mcl.config import save_yaml
-    from mcl.errors import UserError
-    from mcl.summary import RunSummary
-    from mcl.train import build_trainer, find_resume_checkpoint
+    """``mcl.commands.pretrain.fit`` with an end-of-run text that names ``method``."""
+    from mcl.commands.pretrain import fit as fit_run
 
-    run_dir = Path(cfg.trainer.out)
-    ckpt_path = None
-    if resume:
-        ckpt_path = find_resume_checkpoint(run_dir)
-        print(f"resuming from {ckpt_path}" if ckpt_path else f"--resume: no checkpoint in {run_dir} yet, "
-              f"starting a new run there", flush=True)
-    elif run_dir.is_dir() and any(run_dir.glob("*.ckpt")):
-        raise UserError(f"{run_dir} already holds checkpoints: add --resume to continue that run, "
-                        f"or choose a new --out (nothing was overwritten)")
-    if is_rank_zero():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
-    summary = RunSummary(run_dir)
-    trainer = build_trainer(cfg, run_dir, extra_callbacks=[summary])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    trainer.save_checkpoint(run_dir / "last.ckpt")
-    if trainer.is_global_zero:
-        print(summary_text(summary, trainer, run_dir / "last.ckpt", method), flush=True)
-    sys.stdout.flush()
-    return 0
+    return fit_run(cfg, module, datamodule, resume,
+                   lambda summary, trainer, ckpt: summary_text(summary, trainer, ckpt, method))
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
