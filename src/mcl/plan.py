@@ -80,11 +80,13 @@ def estimate_epoch_time(cfg: PretrainConfig, results_dir: Path) -> str:
                 if "median_s" not in v:
                     continue
                 device = data.get("machine", {}).get("device_name", "?")
+                peak = v.get("peak_bytes_max")
+                memory = f"; memory a step adds at its peak (measured) {peak / 2**30:.2f} GiB" if peak else ""
                 if d.source is None:
                     return (f"time: {v['median_s']:.2f} s per device step on {device} ({path.name}); "
                             f"an epoch of {d.synthetic_num} synthetic images ~ "
-                            f"{v['median_s'] * d.synthetic_num / d.batch_size / 60:.1f} min on one device")
+                            f"{v['median_s'] * d.synthetic_num / d.batch_size / 60:.1f} min on one device{memory}")
                 return (f"time: {v['median_s']:.2f} s per device step on {device} ({path.name}); "
-                        f"x (images / global batch) per epoch")
+                        f"x (images / global batch) per epoch{memory}")
     return (f"time: no benchmark figure for {m.arch} {m.compute_mode} at B={d.batch_size}, {d.crop_size}px "
-            f"in {results_dir} (run `mcl bench` on this machine to get one)")
+            f"in {results_dir} (run `mcl bench` on this machine to get one, with the peak memory of a step)")
