@@ -39,8 +39,7 @@ from mcl.models.mcl import Encoder, fpn_level_for
 from mcl.montage import build_pyramids, level_specs
 from mcl.pretrain_config import (DataConfig, MontageConfig, OptimConfig, TrainerConfig, data_checks,
                                  optim_checks, run_checks, trainer_checks)
-from mcl.train import PretrainBase
-from mcl.train_moco import DatasetModule
+from mcl.train import DatasetModule, PretrainBase
 
 
 # ---------------------------------------------------------------- config

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from mcl.checkpoints import FORMAT_TAG, AtomicCheckpointIO, newest_valid_checkpoint
 from mcl.config import from_dict, to_dict
@@ -58,17 +59,17 @@ def build_dataset(cfg: PretrainConfig):
     return ImageDataset(paths, views, max_side=d.max_image_side, source_name=str(d.source))
 
 
-class MCLDataModule(L.LightningDataModule):
-    """Shuffled, drop-last batches of ``B`` images x ``2L`` crops; Lightning shards them across ranks."""
+class DatasetModule(L.LightningDataModule):
+    """``build(cfg) -> Dataset`` batched by ``collate``: shuffled, drop-last, ``cfg.data.batch_size`` per process."""
 
-    def __init__(self, cfg: PretrainConfig):
+    def __init__(self, cfg, build: Callable[[object], Dataset], collate: Callable = collate_views):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.build, self.collate = cfg, build, collate
         self.dataset = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
-            self.dataset = build_dataset(self.cfg)
+            self.dataset = self.build(self.cfg)
 
     def train_dataloader(self) -> DataLoader:
         d = self.cfg.data
@@ -77,8 +78,15 @@ class MCLDataModule(L.LightningDataModule):
             raise UserError(f"the dataset has {len(self.dataset)} images, fewer than one global batch "
                             f"({d.batch_size} x {world} processes): lower data.batch_size or add images")
         return DataLoader(self.dataset, batch_size=d.batch_size, shuffle=True, drop_last=True,
-                          num_workers=d.num_workers, collate_fn=collate_views,
+                          num_workers=d.num_workers, collate_fn=self.collate,
                           pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0)
+
+
+class MCLDataModule(DatasetModule):
+    """MCL's batches: ``B`` images x ``2L`` crops from the configured source (or the synthetic scenes)."""
+
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__(cfg, build_dataset, collate_views)
 
 
 class PretrainBase(L.LightningModule):

@@ -1,6 +1,6 @@
 """Lightning glue for the MoCo v2 baseline, and the method-agnostic pieces it shares with other baselines.
 
-Shared (used by ``mcl.supervised`` too): :class:`DatasetModule` (a dataset factory + collate ->
+Shared (used by ``mcl.supervised`` too, and living in ``mcl.train``): ``DatasetModule`` (a dataset factory + collate ->
 shuffled drop-last loaders, sharded by Lightning), and ``mcl.train.PretrainBase`` (SyncBN with > 1 process,
 global batch, optimiser + warm-up/cosine per step from ``OptimConfig``, images/s). The Trainer is
 ``mcl.train.build_trainer`` unchanged (it reads only ``cfg.trainer`` and ``cfg.optim.clip_grad_norm``).
@@ -12,48 +12,20 @@ checkpoint ``mcl_format = "mcl-pretrain/1"``, ``mcl_method = "moco_v2"``.
 
 from __future__ import annotations
 
-from typing import Callable
 
-import lightning as L
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from mcl.checkpoints import FORMAT_TAG
 from mcl.config import from_dict
 from mcl.data.moco_views import TwoCropViews
 from mcl.data.sources import ImageDataset, collate_views, list_images
 from mcl.data.synthetic import SyntheticScenes
-from mcl.errors import UserError
 from mcl.models.moco import MoCo
 from mcl.moco_config import MoCoConfig
 from mcl.optim import scaled_lr
-from mcl.train import PretrainBase
-
-
-# ---------------------------------------------------------------- shared pieces
-
-class DatasetModule(L.LightningDataModule):
-    """``build(cfg) -> Dataset`` batched by ``collate``: shuffled, drop-last, ``cfg.data.batch_size`` per process."""
-
-    def __init__(self, cfg, build: Callable[[object], Dataset], collate: Callable = collate_views):
-        super().__init__()
-        self.cfg, self.build, self.collate = cfg, build, collate
-        self.dataset = None
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.dataset is None:
-            self.dataset = self.build(self.cfg)
-
-    def train_dataloader(self) -> DataLoader:
-        d = self.cfg.data
-        world = self.trainer.world_size if self.trainer is not None else 1
-        if len(self.dataset) < d.batch_size * world:
-            raise UserError(f"the dataset has {len(self.dataset)} images, fewer than one global batch "
-                            f"({d.batch_size} x {world} processes): lower data.batch_size or add images")
-        return DataLoader(self.dataset, batch_size=d.batch_size, shuffle=True, drop_last=True,
-                          num_workers=d.num_workers, collate_fn=self.collate,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0)
+from mcl.train import DatasetModule, PretrainBase
 
 
 # ---------------------------------------------------------------- MoCo

@@ -12,9 +12,10 @@ HELP = "Pretrain ResNet + FPN + box-head convs with MCL (default data: the embed
 ACCEPTS_OVERRIDES = True
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="recipe YAML (a path, or a packaged name: cpu_smoke, r50_1gpu, "
-                                         "paper_r50_in1k_100ep); default: paper-mode defaults")
+def add_run_arguments(parser: argparse.ArgumentParser, recipes: str) -> None:
+    """The flags every pretraining command takes: --config, --data, --image-root, --out, --resume, --dry-run."""
+    parser.add_argument("--config", help=f"recipe YAML (a path, or a packaged name: {recipes}); "
+                                         "default: the method's paper defaults")
     parser.add_argument("--data", help="images: a folder (recursive), a COCO json, or a .txt list of paths")
     parser.add_argument("--image-root", help="root for a COCO json's file_names (default: the json's folder)")
     parser.add_argument("--out", help="run folder for checkpoints, logs and the resolved config")
@@ -24,26 +25,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "Any config key can be overridden: section.key=value or --section.key value."
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser, "cpu_smoke, r50_1gpu, paper_r50_in1k_100ep")
+
+
 def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0 and \
         int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
-def resolve(args: argparse.Namespace, extra: list[str]):
-    from mcl.config import load_config, parse_overrides, merge
-    from mcl.pretrain_config import PretrainConfig, validate
+def resolve_config(config_cls, validate, args: argparse.Namespace, extra: list[str]):
+    """Defaults <- --config YAML <- overrides <- --data/--image-root/--out, then ``validate``."""
+    from mcl.config import load_config, merge, parse_overrides
 
-    overrides = parse_overrides(extra)
-    cli = {}
+    cli: dict = {}
     if args.data:
         cli.setdefault("data", {})["source"] = args.data
     if args.image_root:
         cli.setdefault("data", {})["image_root"] = args.image_root
     if args.out:
         cli.setdefault("trainer", {})["out"] = args.out
-    cfg = load_config(PretrainConfig, args.config, merge(overrides, cli))
+    cfg = load_config(config_cls, args.config, merge(parse_overrides(extra), cli))
     validate(cfg)
     return cfg
+
+
+def resolve(args: argparse.Namespace, extra: list[str]):
+    """The MCL pretraining config of a command line."""
+    from mcl.pretrain_config import PretrainConfig, validate
+
+    return resolve_config(PretrainConfig, validate, args, extra)
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:

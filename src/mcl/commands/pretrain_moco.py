@@ -1,7 +1,7 @@
 """`mcl pretrain-moco`: the MoCo v2 baseline, with the same data, trainer, checkpoints and export as MCL.
 
-Also holds the run flow every pretraining command shares (``add_run_arguments``, ``resolve``, ``fit``);
-``mcl pretrain-supervised`` imports them from here.
+The run flow (flags, config resolution, fit) is ``mcl.commands.pretrain``'s; this module adds MoCo's
+model, data and end-of-run text, and ``fit`` with that text (``mcl pretrain-supervised`` uses it too).
 """
 
 from __future__ import annotations
@@ -10,41 +10,15 @@ import argparse
 import time
 from pathlib import Path
 
+from mcl.commands.pretrain import add_run_arguments, resolve_config
+
 NAME = "pretrain-moco"
 HELP = "Pretrain a ResNet with MoCo v2 (baseline; default data: the embedded synthetic scenes)."
 ACCEPTS_OVERRIDES = True
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, recipes: str) -> None:
-    """The flags of ``mcl pretrain``: --config, --data, --image-root, --out, --resume, --dry-run."""
-    parser.add_argument("--config", help=f"recipe YAML (a path, or a packaged name: {recipes}); "
-                                         "default: the method's defaults")
-    parser.add_argument("--data", help="images: a folder (recursive), a COCO json, or a .txt list of paths")
-    parser.add_argument("--image-root", help="root for a COCO json's file_names (default: the json's folder)")
-    parser.add_argument("--out", help="run folder for checkpoints, logs and the resolved config")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
-    parser.epilog = "Any config key can be overridden: section.key=value or --section.key value."
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, "moco_cpu_smoke, moco_v2_r50_in1k")
-
-
-def resolve(config_cls, validate, args: argparse.Namespace, extra: list[str]):
-    """Defaults <- --config YAML <- overrides <- --data/--image-root/--out, then ``validate``."""
-    from mcl.config import load_config, merge, parse_overrides
-
-    cli: dict = {}
-    if args.data:
-        cli.setdefault("data", {})["source"] = args.data
-    if args.image_root:
-        cli.setdefault("data", {})["image_root"] = args.image_root
-    if args.out:
-        cli.setdefault("trainer", {})["out"] = args.out
-    cfg = load_config(config_cls, args.config, merge(parse_overrides(extra), cli))
-    validate(cfg)
-    return cfg
 
 
 def summary_text(summary, trainer, checkpoint: Path, method: str) -> str:
@@ -75,7 +49,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from mcl.moco_config import MoCoConfig, validate
     from mcl.train_moco import MoCoPretrainModule, describe_moco_plan, moco_datamodule
 
-    cfg = resolve(MoCoConfig, validate, args, extra)
+    cfg = resolve_config(MoCoConfig, validate, args, extra)
     module = MoCoPretrainModule(to_dict(cfg))
     if args.dry_run:
         print(describe_moco_plan(cfg))

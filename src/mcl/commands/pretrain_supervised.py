@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from mcl.commands.pretrain_moco import add_run_arguments, fit, resolve
+from mcl.commands.pretrain import add_run_arguments, resolve_config
+from mcl.commands.pretrain_moco import fit
 
 NAME = "pretrain-supervised"
 HELP = ("Supervised montage pretraining: every montage cell classifies its source image "
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from mcl.config import to_dict
     from mcl.supervised import SupervisedConfig, SupervisedPretrainModule, resolve_classes, supervised_datamodule, validate
 
-    cfg = resolve(SupervisedConfig, validate, args, extra)
+    cfg = resolve_config(SupervisedConfig, validate, args, extra)
     listing = resolve_classes(cfg)                       # sets model.num_classes from the data
     module = SupervisedPretrainModule(to_dict(cfg))      # validates the geometry before any work
     if args.dry_run:
