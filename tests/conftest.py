@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # Tiny MCL: ResNet-18 on 32px crops (cell 1 = 32/32), small heads, 4 steps, no workers.
@@ -45,3 +46,13 @@ def photo_folder(tmp_path):
     folder = tmp_path / "photos"
     write_photos(folder, 40)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Single-threaded torch for a module, as in the loader workers that run the views: tiny ops with
+    many threads are just slow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,5 +1,6 @@
 """LARS against its formula; the warm-up + cosine schedule's landmarks."""
 
+import copy
 import math
 
 import pytest
@@ -55,3 +56,29 @@ def test_warmup_cosine_landmarks():
     assert f(1000) == pytest.approx(0.0)
     g = warmup_cosine_factor(1000, 1000, 0, 2.0, 1e-4, 1.0)
     assert g * 2.0 == pytest.approx(1e-4)
+
+
+def test_foreach_lars_equals_the_per_parameter_loop():
+    """The multi-tensor LARS (the default) makes the same updates as the per-parameter loop, both groups."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(4))
+    model(torch.randn(2, 3, 6, 6))
+    twin = copy.deepcopy(model)
+    before = copy.deepcopy(model)
+    fast = build_optimizer(model, "lars", 0.7, 1e-4, 0.9, 0.001, True)
+    slow = build_optimizer(twin, "lars", 0.7, 1e-4, 0.9, 0.001, True)
+    slow.foreach = False
+    assert fast.foreach and len(fast.param_groups) == 2
+    with torch.no_grad():               # a zero weight takes the trust-ratio-1 branch in both
+        model[0].weight[0].zero_()
+        twin[0].weight[0].zero_()
+    for step in range(3):
+        x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(step))
+        for m, opt in ((model, fast), (twin, slow)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(model[3].weight, before[3].weight)      # the step did move the parameters

@@ -50,6 +50,7 @@ def validate(cfg: MoCoConfig) -> None:
     """Refuse values that cannot work, with one line naming the key (the queue/world check runs at setup)."""
     d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.trainer
     run_checks(cfg, data_checks(d) + [
+        (d.augment_on == "loader", "data.augment_on", "must be loader (only MCL pretraining augments on the device)"),
         (m.head_hidden >= 1, "model.head_hidden", "must be >= 1"),
         (m.embed_dim >= 1, "model.embed_dim", "must be >= 1"),
         (m.queue_size >= 1 and m.queue_size % d.batch_size == 0, "model.queue_size",

@@ -30,10 +30,11 @@ class LARS(Optimizer):
     """LARS with per-group switches ``lars`` (trust ratio on/off) and ``weight_decay``."""
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001, eps: float = 0.0):
+                 trust_coefficient: float = 0.001, eps: float = 0.0, foreach: bool = True):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         trust_coefficient=trust_coefficient, eps=eps, lars=True)
         super().__init__(params, defaults)
+        self.foreach = foreach
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -41,6 +42,10 @@ class LARS(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.foreach:
+            for group in self.param_groups:
+                self._group_step_foreach(group)
+            return loss
         for group in self.param_groups:
             wd, mom, lr = group["weight_decay"], group["momentum"], group["lr"]
             for p in group["params"]:
@@ -64,6 +69,34 @@ class LARS(Optimizer):
                 buf.mul_(mom).add_(update, alpha=lr)
                 p.sub_(buf)
         return loss
+
+    def _group_step_foreach(self, group: dict) -> None:
+        """The same update for a whole group with multi-tensor (``torch._foreach_*``) kernels.
+
+        A handful of kernel launches per group instead of ~6 per parameter, and no host sync: the
+        trust ratios are computed on the device as one stacked vector.
+        """
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        wd, mom, lr = group["weight_decay"], group["momentum"], group["lr"]
+        updates = torch._foreach_add(grads, params, alpha=wd) if wd else torch._foreach_mul(grads, 1.0)
+        if group["lars"]:
+            w_norm = torch.stack(torch._foreach_norm(params))
+            g_norm = torch.stack(torch._foreach_norm(grads))
+            ratio = group["trust_coefficient"] * w_norm / (g_norm + wd * w_norm + group["eps"])
+            ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+            torch._foreach_mul_(updates, list(ratio.to(updates[0].dtype).unbind(0)))
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            bufs.append(state["momentum_buffer"])
+        torch._foreach_mul_(bufs, mom)
+        torch._foreach_add_(bufs, updates, alpha=lr)
+        torch._foreach_sub_(params, bufs)
 
 
 def split_decay_groups(model: nn.Module, exclude_bn_bias: bool) -> tuple[list, list]:
@@ -89,7 +122,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
         groups = [dict(params=regular)]
         if excluded:
             groups.append(dict(params=excluded, weight_decay=0.0))
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

@@ -26,6 +26,9 @@ def describe_plan(cfg: PretrainConfig, world_size: int | None = None) -> str:
         f"{scaled_lr(cfg.optim.base_lr, global_batch):.4g} ({cfg.optim.name})",
         f"crops: {2 * len(specs)} per image ({len(specs)} per view) of {cfg.data.crop_size}px; "
         f"compute mode: {cfg.model.compute_mode}; arch: {cfg.model.arch}",
+        ("augmentation: on the training device (loader workers decode and fit each image into a "
+         f"{cfg.data.device_canvas or 2 * cfg.data.crop_size}px canvas)" if cfg.data.augment_on == "device"
+         else f"augmentation: per image in the loader workers ({cfg.data.num_workers} per device)"),
         "level  ratio  cell px  FPN  montages/view/device  cells/view/device",
     ]
     total = 0

@@ -15,8 +15,11 @@ from mcl.errors import UserError
 
 @dataclass
 class DataConfig:
-    source: str | None = None          # folder, COCO json or .txt list; None: the embedded synthetic scenes
+    source: str | None = None          # folder, COCO json, .txt list or tar shards; None: the embedded synthetic scenes
     image_root: str | None = None      # root for a COCO json's file_names (default: the json's folder)
+    format: Literal["auto", "files", "shards"] = "auto"   # auto: shards for a {a..b} pattern, .tar, shards.json
+                                       # or *.index.json, a folder holding *.tar or a .txt list of .tar
+    shard_shuffle_buffer: int = 1000   # tar shards: undecoded samples each loader worker mixes
     batch_size: int = 128              # unique images per device and step (B)
     crop_size: int = 224               # S; must equal 32 x model.cell_size
     crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
@@ -25,6 +28,8 @@ class DataConfig:
     synthetic_num: int = 2048          # embedded scenes: how many, which seed, what size
     synthetic_seed: int = 0
     synthetic_size: int = 256
+    augment_on: Literal["loader", "device"] = "loader"   # device: loader decodes + fits a canvas, crops on the GPU
+    device_canvas: int | None = None   # augment_on=device: canvas side C (None: 2 x crop_size)
 
 
 @dataclass
@@ -46,6 +51,7 @@ class ModelConfig:
     compute_mode: Literal["efficient", "faithful"] = "faithful"   # the released code's compute
     momentum_base: float = 0.99                                    # EMA m_0 (cosine to 1.0)
     sync_bn: bool | Literal["auto"] = "auto"                       # auto: SyncBN with > 1 process
+    activation_checkpointing: bool = False                         # recompute backbone stages in backward
 
 
 @dataclass
@@ -79,14 +85,20 @@ class TrainerConfig:
     devices: int | str = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "16-mixed"        # paper: fp16; use bf16-mixed on Ampere+, 32-true on CPU
+    precision: str = "auto"            # bf16-mixed on bf16 GPUs, 16-mixed on others, 32 on CPU; paper: 16-mixed
     accumulate_grad_batches: int = 1
     checkpoint_every_steps: int = 1000
     keep_checkpoints: int = 3
     log_every_steps: int = 10
-    seed: int = 0
+    seed: int = 0                      # weights, data order, augmentation: a run is a function of it
     deterministic: bool = False
     progress_bar: bool = True
+    skip_nonfinite: bool = True        # undo (on the device) optimizer steps with a non-finite loss/gradient
+    max_nonfinite_steps: int = 25      # stop after this many in a row (fp16's loss scaler needs <= 16)
+    nonfinite_check_every: int = 50    # steps between host reads of the non-finite counters
+    stop_check_every: int = 10         # steps between the processes' agreement on a stop signal (> 1 process)
+    channels_last: bool | Literal["auto"] = "auto"   # auto: NHWC conv weights when training on CUDA
+    compile: bool = False              # torch.compile the ResNet bodies (in place; checkpoints unchanged)
 
 
 @dataclass
@@ -109,8 +121,12 @@ def data_checks(d: DataConfig) -> list[Check]:
         (len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
          "data.crop_scale", "must be [min, max] with 0 < min <= max <= 1"),
         (d.num_workers >= 0, "data.num_workers", "must be >= 0"),
+        (d.shard_shuffle_buffer >= 1, "data.shard_shuffle_buffer", "must be >= 1 (1: no shuffling)"),
+        (d.format != "shards" or d.source is not None, "data.format", "needs data.source (a shard pattern, folder or index)"),
         (d.synthetic_num >= d.batch_size or d.source is not None, "data.synthetic_num",
          "must be >= data.batch_size"),
+        (d.device_canvas is None or d.device_canvas >= d.crop_size, "data.device_canvas",
+         "must be null or >= data.crop_size"),
     ]
 
 
@@ -134,6 +150,9 @@ def trainer_checks(t: TrainerConfig) -> list[Check]:
         (t.keep_checkpoints >= 1, "trainer.keep_checkpoints", "must be >= 1"),
         (t.log_every_steps >= 1, "trainer.log_every_steps", "must be >= 1"),
         (t.num_nodes >= 1, "trainer.num_nodes", "must be >= 1"),
+        (t.max_nonfinite_steps >= 1, "trainer.max_nonfinite_steps", "must be >= 1"),
+        (t.nonfinite_check_every >= 1, "trainer.nonfinite_check_every", "must be >= 1"),
+        (t.stop_check_every >= 1, "trainer.stop_check_every", "must be >= 1"),
     ]
 
 

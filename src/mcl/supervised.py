@@ -75,6 +75,7 @@ def validate(cfg: SupervisedConfig) -> None:
     """Refuse values that cannot work, with one line naming the key."""
     d, m, o, t = cfg.data, cfg.model, cfg.optim, cfg.trainer
     run_checks(cfg, data_checks(d) + [
+        (d.augment_on == "loader", "data.augment_on", "must be loader (only MCL pretraining augments on the device)"),
         (m.cell_size >= 1, "model.cell_size", "must be >= 1"),
         (m.num_classes is None or m.num_classes >= 2, "model.num_classes", "must be >= 2 or null (from the data)"),
         (len(cfg.loss.level_weights) == len(cfg.montage.ratios), "loss.level_weights",

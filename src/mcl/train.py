@@ -2,8 +2,10 @@
 
 Lightning provides DDP across devices and nodes, SLURM, mixed precision, SyncBN, gradient
 clipping and accumulation, checkpoint/resume, the progress bar and the loggers. This module adds
-only what MCL needs: the model, LARS with the warm-up + cosine schedule, the EMA update after
-every optimizer step, and per-level logging.
+what MCL needs: the model, LARS with the warm-up + cosine schedule, the EMA update after every
+optimizer step, and per-level logging; and, for every method, the reliability pieces: a data order
+and augmentation that resume exactly (``mcl.resume``), non-finite steps skipped on the device
+(``mcl.nonfinite``) and a checkpoint-then-stop on SIGTERM/SIGINT/SIGUSR1 (``mcl.preemption``).
 """
 
 from __future__ import annotations
@@ -15,20 +17,28 @@ from typing import Callable
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mcl.checkpoints import FORMAT_TAG, AtomicCheckpointIO, newest_valid_checkpoint
 from mcl.config import from_dict, to_dict
+from mcl.csvlog import ResumableCSVLogger
+from mcl.data.shards import ShardDataset, ShardLoader, open_shards, wants_shards
 from mcl.data.sources import ImageDataset, SkipReport, collate_views, list_images
 from mcl.data.synthetic import SyntheticScenes
+from mcl.data.device_views import CanvasCollate, CanvasImage, DeviceMultiCropViews, canvas_side
 from mcl.data.views import MultiCropViews
 from mcl.errors import UserError
 from mcl.models.ema import cosine_momentum
 from mcl.models.mcl import MCL
+from mcl.nonfinite import NonFiniteGuard, NonFiniteMonitor, gated_ema_update, injected_steps
 from mcl.optim import build_optimizer, scaled_lr, warmup_cosine_factor
+from mcl.preemption import GracefulStop
 from mcl.pretrain_config import PretrainConfig
+from mcl.resume import EpochSampler, ResumeState, SeededCollate, SeededItems, resume_position
+from mcl.speed import apply_speed_settings
 
 
 def build_model(cfg: PretrainConfig) -> MCL:
@@ -38,29 +48,53 @@ def build_model(cfg: PretrainConfig) -> MCL:
                 repeats=cfg.montage.repeats, fpn_channels=m.fpn_channels, neck_convs=m.neck_convs,
                 neck_hidden=m.neck_hidden, embed_dim=m.embed_dim, predictor_hidden=m.predictor_hidden,
                 level_weights=cfg.loss.level_weights, temperature=cfg.loss.temperature,
-                compute_mode=m.compute_mode, interpolation=cfg.montage.interpolation, positives=cfg.loss.positives)
+                compute_mode=m.compute_mode, interpolation=cfg.montage.interpolation, positives=cfg.loss.positives,
+                activation_checkpointing=m.activation_checkpointing)
     model.num_montages(cfg.data.batch_size)
     return model
 
 
-def build_views(cfg: PretrainConfig) -> MultiCropViews:
-    """The 8-crop augmentation (4 crops per view, one per level)."""
+def build_views(cfg: PretrainConfig) -> MultiCropViews | CanvasImage:
+    """The loader's per-image transform: the 8-crop augmentation (4 crops per view, one per level), or with
+    ``data.augment_on=device`` only the canvas (the crops are then made by ``build_device_views`` in the step)."""
+    if cfg.data.augment_on == "device":
+        return CanvasImage(canvas_side(cfg.data.crop_size, cfg.data.device_canvas))
     return MultiCropViews(crop_size=cfg.data.crop_size, scale=tuple(cfg.data.crop_scale),
                           crops_per_view=len(cfg.montage.ratios))
+
+
+def build_device_views(cfg: PretrainConfig) -> DeviceMultiCropViews | None:
+    """``data.augment_on=device``: the batched 8-crop augmentation run in the training step; else None."""
+    if cfg.data.augment_on != "device":
+        return None
+    return DeviceMultiCropViews(crop_size=cfg.data.crop_size, scale=tuple(cfg.data.crop_scale),
+                                crops_per_view=len(cfg.montage.ratios))
 
 
 def build_dataset(cfg: PretrainConfig):
     """The configured image source (or the embedded synthetic scenes), yielding 8-crop samples."""
     views = build_views(cfg)
     d = cfg.data
+    max_side = d.max_image_side if d.augment_on == "loader" else min(d.max_image_side, views.side)
     if d.source is None:
         return SyntheticScenes(num=d.synthetic_num, seed=d.synthetic_seed, size=d.synthetic_size, transform=views)
+    if wants_shards(d.source, d.format):
+        return open_shards(d.source, views, max_side=max_side, seed=cfg.trainer.seed,
+                           shuffle_buffer=d.shard_shuffle_buffer)
     paths = list_images(d.source, d.image_root)
-    return ImageDataset(paths, views, max_side=d.max_image_side, source_name=str(d.source))
+    return ImageDataset(paths, views, max_side=max_side, source_name=str(d.source))
 
 
 class DatasetModule(L.LightningDataModule):
-    """``build(cfg) -> Dataset`` batched by ``collate``: shuffled, drop-last, ``cfg.data.batch_size`` per process."""
+    """``build(cfg) -> Dataset`` batched by ``collate``: shuffled, drop-last, ``cfg.data.batch_size`` per process.
+
+    Files and the synthetic scenes: the order, the sharding across processes and the augmentation
+    randomness are functions of ``trainer.seed``, the epoch and the item (``mcl.resume``), and a
+    resumed run starts at the batch after the last one its checkpoint trained on.
+    A :class:`ShardDataset` (tar shards) is split here per process and served by a :class:`ShardLoader`
+    (no shuffle flag, no sampler: Lightning does not inject one for an IterableDataset) that hands it the
+    fit loop's epoch at every ``iter()``.
+    """
 
     def __init__(self, cfg, build: Callable[[object], Dataset], collate: Callable = collate_views):
         super().__init__()
@@ -77,16 +111,30 @@ class DatasetModule(L.LightningDataModule):
         if len(self.dataset) < d.batch_size * world:
             raise UserError(f"the dataset has {len(self.dataset)} images, fewer than one global batch "
                             f"({d.batch_size} x {world} processes): lower data.batch_size or add images")
-        return DataLoader(self.dataset, batch_size=d.batch_size, shuffle=True, drop_last=True,
-                          num_workers=d.num_workers, collate_fn=self.collate,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0)
+        if isinstance(self.dataset, ShardDataset):
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            return ShardLoader(self.dataset.split(rank, world, d.batch_size, d.num_workers), self._epoch,
+                               batch_size=d.batch_size, drop_last=True, num_workers=d.num_workers,
+                               collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
+                               persistent_workers=d.num_workers > 0)
+        seed, rank = self.cfg.trainer.seed, self.trainer.global_rank if self.trainer is not None else 0
+        sampler = EpochSampler(len(self.dataset), d.batch_size, seed, rank, world, resume_position(self.trainer))
+        return DataLoader(SeededItems(self.dataset, seed), batch_size=d.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=d.num_workers, collate_fn=SeededCollate(self.collate, seed),
+                          generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
+                          persistent_workers=d.num_workers > 0)
+
+    def _epoch(self) -> int:
+        """The epoch Lightning hands samplers (``set_epoch``), restored on resume."""
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
 
 
 class MCLDataModule(DatasetModule):
     """MCL's batches: ``B`` images x ``2L`` crops from the configured source (or the synthetic scenes)."""
 
     def __init__(self, cfg: PretrainConfig):
-        super().__init__(cfg, build_dataset, collate_views)
+        device_views = build_device_views(cfg)
+        super().__init__(cfg, build_dataset, CanvasCollate(device_views) if device_views else collate_views)
 
 
 class PretrainBase(L.LightningModule):
@@ -97,15 +145,46 @@ class PretrainBase(L.LightningModule):
     """
 
     model: nn.Module
+    guard: NonFiniteGuard | None = None
 
     def trainable(self) -> nn.Module:
         raise NotImplementedError
+
+    def after_optimizer_step(self, ok: torch.Tensor | None) -> None:
+        """Called right after every optimizer step, before any checkpoint of that step is written.
+
+        ``ok`` is the device flag of ``mcl.nonfinite`` (False: the step was undone), or None.
+        """
 
     def setup(self, stage: str) -> None:
         mode = self.cfg.model.sync_bn
         if mode is True or (mode == "auto" and self.trainer.world_size > 1):
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        t = self.cfg.trainer
+        strategy = getattr(self.trainer, "strategy", None)
+        device_type = strategy.root_device.type if strategy is not None else "cpu"
+        applied = apply_speed_settings(self.model, t.channels_last, t.compile, device_type)
+        if applied and getattr(self.trainer, "is_global_zero", True):
+            print(f"speed settings: {', '.join(applied)}", flush=True)
         self.skip_report = SkipReport(self.cfg.data.source or "the synthetic scenes")
+        if t.skip_nonfinite:
+            self.guard = NonFiniteGuard(injected_steps(), use_loss=self.trainer.world_size == 1)
+
+    # ----- the non-finite guard around the optimizer step (mcl.nonfinite) ------------------------------
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        if self.guard is not None:
+            loss = self.guard.observe_loss(loss, self.trainer.global_step + 1)
+        super().backward(loss, *args, **kwargs)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.guard is not None:
+            self.guard.observe_grads(optimizer)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        if self.guard is not None:
+            self.guard.snapshot(optimizer, self.model)
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.after_optimizer_step(self.guard.restore() if self.guard is not None else None)
 
     def world_size(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1
@@ -164,8 +243,11 @@ class MCLPretrainModule(PretrainBase):
         self.save_hyperparameters({"config": config})
         self.cfg: PretrainConfig = from_dict(PretrainConfig, config)
         self.model = build_model(self.cfg)
+        self.views_on_device = build_device_views(self.cfg)     # data.augment_on=device: crops made in the step
         self.skip_report: SkipReport | None = None
         self._last_ema_step = 0
+        self._last_logged_step = 0
+        self._momentum = cosine_momentum(0, 1, self.cfg.model.momentum_base)
         self._step_timer: float | None = None
 
     def trainable(self) -> torch.nn.Module:
@@ -174,6 +256,8 @@ class MCLPretrainModule(PretrainBase):
 
     # ----- the step --------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.views_on_device is not None:                   # canvases -> (B, 2k, 3, S, S), under no_grad
+            batch["crops"] = self.views_on_device.apply(batch["canvas"], batch["params"])
         bs = self.note_batch(batch)
         out = self.model(batch["crops"])
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=bs)
@@ -183,13 +267,17 @@ class MCLPretrainModule(PretrainBase):
             self.log(f"train/neg_cos_level{i}", s.neg_cosine, batch_size=bs)
         return out.loss
 
+    def after_optimizer_step(self, ok: torch.Tensor | None) -> None:
+        """The EMA target update of step k = global_step + 1 (none where the step was skipped)."""
+        step = self.trainer.global_step + 1
+        self._momentum = cosine_momentum(step, self.total_steps(), self.cfg.model.momentum_base)
+        gated_ema_update(self.model.target, self.model.online, self._momentum, ok)
+        self._last_ema_step = step
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        step = self.trainer.global_step
-        if step > self._last_ema_step:
-            momentum = cosine_momentum(step, self.total_steps(), self.cfg.model.momentum_base)
-            self.model.update_target(momentum)
-            self._last_ema_step = step
-            self.log("train/momentum", momentum, batch_size=1)
+        if self.trainer.global_step > self._last_logged_step:
+            self._last_logged_step = self.trainer.global_step
+            self.log("train/momentum", self._momentum, batch_size=1)
             self.log_schedule()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -197,21 +285,28 @@ class MCLPretrainModule(PretrainBase):
         checkpoint["mcl_format"] = FORMAT_TAG
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._last_ema_step = int(checkpoint.get("mcl_last_ema_step", 0))
+        self._last_ema_step = self._last_logged_step = int(checkpoint.get("mcl_last_ema_step", 0))
 
 
 def build_trainer(cfg: PretrainConfig, run_dir: Path, extra_callbacks: list[Callback] | None = None) -> L.Trainer:
-    """A Lightning Trainer with checkpointing every N steps (newest K kept, plus ``last.ckpt``) and logs."""
+    """A Lightning Trainer with checkpointing every N steps (newest K kept, plus ``last.ckpt``) and logs,
+    plus ``ResumeState``, ``NonFiniteMonitor`` and ``GracefulStop`` (in that order, before the checkpoint)."""
     t = cfg.trainer
     checkpoint = ModelCheckpoint(dirpath=run_dir, filename="step{step:07d}", auto_insert_metric_name=False,
                                  every_n_train_steps=t.checkpoint_every_steps, save_last=True,
                                  monitor="train/global_step", mode="max", save_top_k=t.keep_checkpoints)
-    callbacks: list[Callback] = [checkpoint]
+    callbacks: list[Callback] = [ResumeState(),
+                                 NonFiniteMonitor(run_dir, t.nonfinite_check_every, t.max_nonfinite_steps),
+                                 GracefulStop(t.stop_check_every), checkpoint]
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     callbacks += extra_callbacks or []
-    loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="")]
+    loggers = [ResumableCSVLogger(run_dir, name="logs", version="", flush_logs_every_n_steps=t.log_every_steps),
+               TensorBoardLogger(run_dir, name="logs", version="")]
     precision = resolve_precision(t.precision)
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():            # GracefulStop saves and requeues; Lightning's handler would not save
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
         default_root_dir=run_dir, max_epochs=t.max_epochs if t.max_steps <= 0 else -1, max_steps=t.max_steps,
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
@@ -219,7 +314,7 @@ def build_trainer(cfg: PretrainConfig, run_dir: Path, extra_callbacks: list[Call
         gradient_clip_val=cfg.optim.clip_grad_norm, gradient_clip_algorithm="norm",
         log_every_n_steps=t.log_every_steps, callbacks=callbacks, logger=loggers,
         deterministic=t.deterministic, enable_progress_bar=t.progress_bar, enable_model_summary=False,
-        use_distributed_sampler=True, plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False, plugins=plugins,     # sharding: DatasetModule's EpochSampler
     )
 
 

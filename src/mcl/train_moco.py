@@ -24,6 +24,7 @@ from mcl.data.sources import ImageDataset, collate_views, list_images
 from mcl.data.synthetic import SyntheticScenes
 from mcl.models.moco import MoCo
 from mcl.moco_config import MoCoConfig
+from mcl.nonfinite import gated_ema_update
 from mcl.optim import scaled_lr
 from mcl.train import DatasetModule, PretrainBase
 
@@ -76,11 +77,14 @@ class MoCoPretrainModule(PretrainBase):
         self.log("train/acc", out.stats.accuracy, prog_bar=True, batch_size=bs)
         return out.loss
 
+    def after_optimizer_step(self, ok) -> None:
+        """The key-encoder EMA, right after the step (none where ``mcl.nonfinite`` undid the step)."""
+        gated_ema_update(self.model.target, self.model.online, self.cfg.model.momentum, ok)
+        self._last_ema_step = self.trainer.global_step + 1
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        step = self.trainer.global_step
-        if step > self._last_ema_step:
-            self.model.update_target(self.cfg.model.momentum)
-            self._last_ema_step = step
+        if self.trainer.global_step > getattr(self, "_last_logged_step", 0):
+            self._last_logged_step = self.trainer.global_step
             self.log_schedule()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -89,7 +93,7 @@ class MoCoPretrainModule(PretrainBase):
         checkpoint["mcl_method"] = "moco_v2"
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._last_ema_step = int(checkpoint.get("mcl_last_ema_step", 0))
+        self._last_ema_step = self._last_logged_step = int(checkpoint.get("mcl_last_ema_step", 0))
 
 
 def describe_moco_plan(cfg: MoCoConfig) -> str:

@@ -15,15 +15,9 @@ from mcl.data.views import (
     blur_kernel_size,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The views run in single-threaded loader workers; tiny ops with many threads are just slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

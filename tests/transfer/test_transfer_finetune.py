@@ -51,6 +51,17 @@ def test_layout_is_torchvision_v2_for_every_depth():
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in sync.modules())
 
 
+def test_anchor_sizes_scale_the_rpn_anchors_and_bad_ones_are_refused():
+    """Small scenes need small anchors (torchvision's 32..512 are sized for 800 px COCO images)."""
+    small = build_detector("resnet18", num_classes=3, anchor_sizes=[8, 16, 32, 64, 128], box_score_thresh=0.01)
+    assert small.rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
+    assert small.roi_heads.score_thresh == 0.01
+    default = build_detector("resnet18", num_classes=3)
+    assert default.rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
+    with pytest.raises(UserError, match="5 positive sizes"):
+        build_detector("resnet18", num_classes=3, anchor_sizes=[8, 16])
+
+
 def test_train_sizes_are_drawn_per_image_and_eval_uses_the_test_size():
     model = build_detector("resnet18", 5, train_min_sizes=(40, 48), test_min_size=64, max_size=200)
     image = torch.rand(3, 30, 60)

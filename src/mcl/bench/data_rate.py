@@ -6,11 +6,14 @@ does): ``n`` unique images in a row, each to its 8 normalised crops, timed after
 - ``jpeg``: ``ImageDataset`` end to end: open + decode a JPEG file from disk (``load_rgb``) + views;
 - ``synthetic``: ``SyntheticScenes``: render an embedded scene + views (the default data source);
 - ``decode``: ``load_rgb`` only, to split the JPEG figure.
+- ``device_path`` (with a device and a batch size): the ``data.augment_on=device`` figures, see
+  :mod:`mcl.bench.device_aug`.
 JPEGs are written once to a temporary folder (or taken from ``--data``): at 224, ImageNet-like
 500x375 photos of synthetic scenes at quality 90; at a recipe's smaller size, square images of its
 ``synthetic_size``. The page cache holds them after the first pass (no disk reads are timed).
 
-Loader wait: the recipe's own DataLoader (``build_dataset``, its ``num_workers``, ``collate_views``)
+Loader wait: the recipe's own DataLoader (``build_dataset``, its ``num_workers``, ``collate_views``;
+with ``data.augment_on=device`` the canvases, whose crops are then made inside the timed step)
 feeding whole training steps. Per step: ``t0; batch = next(loader); t1; step(batch); t2``; the wait
 fraction is ``sum(t1 - t0) / sum(t2 - t0)`` over the steps after the first (the first waits for the
 workers to start and fill their first batches; it is reported apart).
@@ -117,10 +120,12 @@ def write_jpegs(folder: Path, count: int, width: int, height: int, seed: int = 0
 
 def pipeline_rates(crop_size: int, image_size: tuple[int, int], count: int, crops_per_view: int = 4,
                    synthetic_size: int | None = None, jpeg_paths: list[Path] | None = None,
-                   budget_s: float | None = None, distinct: int = 16) -> dict:
+                   budget_s: float | None = None, distinct: int = 16, device: torch.device | None = None,
+                   device_batch: int = 0) -> dict:
     """Per-core images/s of views / decode / jpeg end to end / synthetic scenes at one crop size.
 
     ``distinct`` different source images are cycled through (decoding cost depends on content little).
+    With ``device`` and ``device_batch``: also the ``data.augment_on=device`` figures (mcl.bench.device_aug).
     """
     from mcl.data.sources import ImageDataset, load_rgb
     from mcl.data.synthetic import SyntheticScenes
@@ -151,6 +156,14 @@ def pipeline_rates(crop_size: int, image_size: tuple[int, int], count: int, crop
             scenes = SyntheticScenes(num=max(count + 1, 2), seed=0, size=synthetic_size, transform=views)
             out["synthetic"] = per_core_rate(lambda i: scenes[i], count, budget_s)
             out["synthetic"]["scene_size"] = synthetic_size
+        if device is not None and device_batch:
+            from mcl.bench.device_aug import device_path_rates
+
+            try:
+                out["device_path"] = device_path_rates(paths, decoded, crop_size, count, device_batch, device,
+                                                       crops_per_view, budget_s=budget_s)
+            except Exception as exc:     # e.g. out of memory: keep the per-image figures
+                out["device_path"] = {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"}
     return out
 
 
@@ -160,8 +173,9 @@ def loader_wait(cfg, device: torch.device, steps: int = 6, compute_mode: str | N
     """Fraction of a DataLoader + training-step loop spent blocked in ``next(loader)`` (see module docstring)."""
     from torch.utils.data import DataLoader
 
+    from mcl.data.device_views import CanvasCollate, crops_of, to_device
     from mcl.data.sources import collate_views
-    from mcl.train import build_dataset
+    from mcl.train import build_dataset, build_device_views
 
     cfg = copy.deepcopy(cfg)
     if compute_mode is not None:
@@ -169,13 +183,14 @@ def loader_wait(cfg, device: torch.device, steps: int = 6, compute_mode: str | N
     workers = cfg.data.num_workers if num_workers is None else num_workers
     b = cfg.data.batch_size
     dataset = build_dataset(cfg)
+    views = build_device_views(cfg)
     if len(dataset) < b * steps:
         cfg.data.synthetic_num = b * steps
         dataset = build_dataset(cfg)
     holder = {"crops": None}
     step: Step = mcl_step(cfg, cfg.model.compute_mode, lambda: holder["crops"], device, precision, channels_last)
     loader = DataLoader(dataset, batch_size=b, shuffle=True, drop_last=True, num_workers=workers,
-                        collate_fn=collate_views, pin_memory=device.type == "cuda",
+                        collate_fn=CanvasCollate(views) if views else collate_views, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(0))
     waits, computes = [], []
     iterator = iter(loader)
@@ -184,7 +199,8 @@ def loader_wait(cfg, device: torch.device, steps: int = 6, compute_mode: str | N
             t0 = time.perf_counter()
             batch = next(iterator)
             t1 = time.perf_counter()
-            holder["crops"] = batch["crops"].to(device, non_blocking=True)
+            batch = to_device({k: v for k, v in batch.items() if k in ("crops", "canvas", "params")}, device)
+            holder["crops"] = crops_of(batch, views)     # data.augment_on=device: the crops are made here
             step.run()
             synchronize(device)
             t2 = time.perf_counter()
@@ -196,6 +212,7 @@ def loader_wait(cfg, device: torch.device, steps: int = 6, compute_mode: str | N
     steady_wait, steady_total = sum(waits[1:]), sum(waits[1:]) + sum(computes[1:])
     return {
         "recipe_batch_size": b, "num_workers": workers, "compute_mode": cfg.model.compute_mode,
+        "augment_on": cfg.data.augment_on,
         "crop_size": cfg.data.crop_size, "source": cfg.data.source or f"synthetic scenes {cfg.data.synthetic_size}px",
         "steps": steps, "first_batch_wait_s": waits[0] if waits else None,
         "wait_s": waits, "step_s": computes,

@@ -175,6 +175,9 @@ def data_section(results: dict, markdown: bool = False) -> str:
                   table(headers, rows, markdown)]
         if breakdown_table:
             lines += ["", breakdown_table]
+    device_text = device_path_section(results, markdown)
+    if device_text:
+        lines.append(device_text)
     lw = d.get("loader")
     if lw:
         if "error" in lw:
@@ -183,13 +186,76 @@ def data_section(results: dict, markdown: bool = False) -> str:
             headers = ["setting", "mode", "workers", "B", "steps", "first batch s", "mean step s", "wait fraction",
                        "unique img/s"]
             steps = lw["step_s"][1:] or lw["step_s"]
-            rows = [[f"{lw['label']}", lw["compute_mode"], str(lw["num_workers"]), str(lw["recipe_batch_size"]),
+            on_device = " (augment_on=device)" if lw.get("augment_on") == "device" else ""
+            rows = [[f"{lw['label']}{on_device}", lw["compute_mode"], str(lw["num_workers"]), str(lw["recipe_batch_size"]),
                      str(lw["steps"]), _fmt(lw["first_batch_wait_s"], 2), _fmt(sum(steps) / len(steps), 2),
                      _fmt(100 * lw["wait_fraction"], 1) + " %" if lw["wait_fraction"] is not None else "-",
                      _fmt(lw["images_per_s"], 1)]]
             lines += [_title("Time the training loop waits for data (DataLoader + whole steps; first step "
                              "excluded from the fraction)", markdown), table(headers, rows, markdown)]
     return "\n".join(lines)
+
+
+def device_path_section(results: dict, markdown: bool = False) -> str:
+    """Per-image path vs ``data.augment_on=device``: loader CPU per image and the CPU cores a GPU needs."""
+    rates = results.get("data", {}).get("rates", {})
+    rows, notes = [], []
+    step = _efficient_step(results)
+    for size, r in rates.items():
+        dp = r.get("device_path")
+        if not dp or "error" in r:
+            continue
+        if "error" in dp:
+            rows.append([f"augment_on=device: failed: {dp['error'][:50]}", str(size)] + ["-"] * 5)
+            continue
+        jpeg_rate = r["jpeg"].get("images_per_cpu_s")
+        per_image_ms = 1000 / jpeg_rate if jpeg_rate else None
+        device_ms = dp.get("loader_cpu_ms_per_image")
+        aug = dp["augment"]
+        where = (f"{aug.get('device_name', dp['device'])}" if dp["device"].startswith("cuda")
+                 else "CPU, 1 thread")
+        for label, ms, bytes_, batch_ms in (
+                ("per image in the loader (JPEG -> 8 crops)", per_image_ms, dp["per_image_path_bytes_per_image"], None),
+                (f"augment_on=device: loader (JPEG -> {dp['canvas_side']}px canvas + parameters)", device_ms,
+                 dp["host_to_device_bytes_per_image"], 1000 * aug["median_s_per_batch"])):
+            rows.append([label, str(size), _fmt(1000 / ms if ms else None, 1),
+                         _fmt(ms, 2),                    # cores for 1,000 img/s = 1000 img/s x ms / 1000
+                         _fmt(bytes_ / MIB, 2),
+                         f"{_fmt(batch_ms, 1)} (B={dp['batch']}, {where})" if batch_ms is not None else "-",
+                         _fmt(dp["batch"] / (batch_ms / 1000), 0) if batch_ms else "-"])
+        if step and str(step["crop_size"]) == str(size) and per_image_ms and device_ms:
+            x = step["images_per_s"]
+            notes.append(f"{size}px at the measured efficient step rate ({x:,.0f} img/s, {step['label']}): "
+                         f"per-image path {x * per_image_ms / 1000:.1f} CPU cores per GPU, "
+                         f"augment_on=device {x * device_ms / 1000:.1f} cores"
+                         + (f" plus {1000 * aug['median_s_per_batch']:.1f} ms of GPU time per batch of "
+                            f"{dp['batch']} ({100 * aug['median_s_per_batch'] / step['median_s']:.1f}% of a "
+                            f"{step['median_s']:.3f} s step)" if dp["device"].startswith("cuda")
+                            and dp["batch"] == step["batch"] else ""))
+    if not rows:
+        return ""
+    headers = ["path", "crop px", "img/CPU-s per core", "CPU cores per 1,000 img/s",
+               "MiB/img to device", "device ms/batch", "device img/s"]
+    notes.insert(0, "CPU cores per GPU for X img/s = X / (img/CPU-s per core); one core = one loader worker "
+                    "(torch.set_num_threads(1)); 'device' = the batched 2k-crop augmentation "
+                    "(DeviceMultiCropViews.apply) of a batch of canvases already on the device")
+    return "\n".join([_title("Where augmentation runs: per image in the loader vs data.augment_on=device "
+                             "(CPU cores per GPU = images/s x CPU s per image)", markdown),
+                      table(headers, rows, markdown), _bullets(notes, markdown)])
+
+
+def _efficient_step(results: dict) -> dict | None:
+    """The timed efficient (or first) MCL step on CUDA: images/s, median s, batch, crop size, label."""
+    t = results.get("timing") or {}
+    variants = t.get("variants", {})
+    v = variants.get("efficient") or variants.get("faithful")
+    if not v or "error" in v or not str(t.get("device_name", "")).strip() or t.get("device_name") == "CPU":
+        return None
+    data = t.get("config", {}).get("data", {})
+    if not v.get("images_per_s") or not data:
+        return None
+    return {"images_per_s": v["images_per_s"], "median_s": v["median_s"], "batch": data.get("batch_size"),
+            "crop_size": data.get("crop_size"), "label": t.get("label", "")}
 
 
 def _title(text: str, markdown: bool) -> str:

@@ -6,8 +6,9 @@ Settings:
   references (supervised ResNet-50 and MoCo v2 at 224) and the spec's section-6 figures.
 - Step time: the *timing recipe*: ``cpu_smoke`` on a CPU, paper mode on a GPU (or ``--recipe``),
   plus supervised and MoCo v2 steps of the same backbone, batch and crop size.
-- Data: per-core rates at 224 and at the timing recipe's crop size; the loader wait of the timing
-  recipe at its own ``data.num_workers``.
+- Data: per-core rates at 224 and at the timing recipe's crop size, for the per-image path and for
+  ``data.augment_on=device`` (loader CPU per image, and the device's time for a batch of augmentation);
+  the loader wait of the timing recipe at its own ``data.num_workers``.
 ``tiny`` shrinks every setting to ResNet-18 on 32 px crops (for tests; its figures mean nothing).
 """
 
@@ -53,6 +54,9 @@ class BenchOptions:
     warmup: int | None = None
     repeats: int | None = None
     budget_s: float | None = None        # timing section's wall-clock budget (repeats stop early)
+    compile: bool = False                # also time "<mode>+compile" (torch.compile'd ResNet bodies)
+    activation_checkpointing: bool = False   # also time "<mode>+ckpt" (backbone stages recomputed)
+    lightly: bool = True                 # time lightly's MoCo v2 beside ours when lightly is installed
     num_workers: int | None = None       # loader-wait workers (default: the recipe's)
     loader_steps: int | None = None
     data_path: str | None = None         # JPEG folder / list for the end-to-end rate
@@ -229,6 +233,12 @@ def timing_section(opts: BenchOptions, device: torch.device, precision: str, cha
         torch.backends.cudnn.benchmark = True
     crops = T.random_crops(cfg, device)
     steps = [T.mcl_step(cfg, mode, crops, device, precision, channels_last) for mode in opts.modes]
+    for flag, suffix in ((opts.compile, "compile"), (opts.activation_checkpointing, "ckpt")):
+        if flag:
+            steps += [T.mcl_step(cfg, mode, crops, device, precision, channels_last, name=f"{mode}+{suffix}",
+                                 compile=suffix == "compile", activation_checkpointing=suffix == "ckpt")
+                      for mode in opts.modes]
+    n_mcl = len(steps)
     if opts.references:
         steps.append(T.supervised_step(arch, b, s, device, precision, channels_last))
     if opts.references and not opts.tiny:      # tiny: MoCo is counted (FLOPs), not timed, to stay fast
@@ -237,14 +247,27 @@ def timing_section(opts: BenchOptions, device: torch.device, precision: str, cha
             steps.append(T.moco_step(arch, b, s, device, precision, channels_last, queue_size=queue))
         except Exception as exc:
             log(f"  MoCo v2 step not built: {type(exc).__name__}: {exc}")
+        if opts.lightly:
+            try:
+                steps.append(T.lightly_moco_step(arch, b, s, device, precision, channels_last, queue_size=queue))
+            except ImportError as exc:
+                log(f"  lightly's MoCo v2 not timed ({exc}; pip install lightly)")
     log(f"timing {recipe} ({arch}, B={b}, {s}px) on {device}: warm-up {sizes['warmup']}, "
         f"up to {sizes['repeats']} interleaved repeats")
     variants = T.time_interleaved(steps, device, warmup=sizes["warmup"], repeats=sizes["repeats"],
                                   budget_s=sizes["budget_s"], min_repeats=sizes["min_repeats"], log=log)
     ratios = {"efficient_over_faithful": T.ratio(variants, "efficient", "faithful")}
+    for step in steps[len(opts.modes):n_mcl]:
+        ratios[f"{step.name.replace('+', '_')}_over_{step.name.split('+')[0]}"] = T.ratio(variants, step.name,
+                                                                                         step.name.split("+")[0])
     for mode in opts.modes:
-        for ref in steps[len(opts.modes):]:
-            ratios[f"{mode}_over_{ref.name.split()[0].lower()}"] = T.ratio(variants, mode, ref.name)
+        for ref in steps[n_mcl:]:
+            if ref.info["kind"] != "lightly_moco_v2":
+                ratios[f"{mode}_over_{ref.name.split()[0].lower()}"] = T.ratio(variants, mode, ref.name)
+    mocos = [x.name for x in steps if x.info["kind"] == "moco_v2"]
+    peers = [x.name for x in steps if x.info["kind"] == "lightly_moco_v2"]
+    if mocos and peers:
+        ratios["moco_v2_over_lightly"] = T.ratio(variants, mocos[0], peers[0])
     out = {"recipe": recipe, "overrides": overrides, "label": "tiny (tests only)" if opts.tiny else recipe_label(cfg, recipe),
            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"),
            "precision": precision, "channels_last": channels_last, "torch_threads": torch.get_num_threads(),
@@ -263,6 +286,16 @@ def timing_section(opts: BenchOptions, device: torch.device, precision: str, cha
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+def device_batch(opts: BenchOptions, device: torch.device, crop: int, cfg) -> int:
+    """Batch for the device-augmentation timing: the recipe's (paper mode: 128) on CUDA; small on a CPU,
+    where one thread does the work (its figure is CPU time per image, not a GPU's speed)."""
+    if opts.tiny:
+        return 2
+    if device.type == "cuda":
+        return cfg.data.batch_size if crop == cfg.data.crop_size else 128
+    return 8 if crop >= 160 else 32
 
 
 def data_section(opts: BenchOptions, device: torch.device, precision: str, channels_last: bool,
@@ -285,13 +318,18 @@ def data_section(opts: BenchOptions, device: torch.device, precision: str, chann
             try:
                 out["rates"][str(crop)] = D.pipeline_rates(crop, image_size, count, synthetic_size=synthetic,
                                                            jpeg_paths=jpegs, budget_s=budget,
-                                                           distinct=2 if opts.tiny else 16)
+                                                           distinct=2 if opts.tiny else 16, device=device,
+                                                           device_batch=device_batch(opts, device, crop, cfg))
             except Exception as exc:
                 out["rates"][str(crop)] = {"crop_size": crop, "error": f"{type(exc).__name__}: {exc}"}
             r = out["rates"][str(crop)]
             log(f"  data {crop}px: " + ", ".join(f"{k} {r[k]['images_per_s']:.1f} img/s" for k in
                                                   ("views", "decode", "jpeg", "synthetic") if k in r)
                 + f" ({time.perf_counter() - t0:.1f} s)")
+            dp = r.get("device_path", {})
+            if "augment" in dp:
+                log(f"  data {crop}px, augment_on=device: loader {dp['loader_cpu_ms_per_image']:.2f} CPU ms/img; "
+                    f"batch of {dp['batch']} on {dp['device']}: {1000 * dp['augment']['median_s_per_batch']:.1f} ms")
     if opts.loader:
         steps = opts.loader_steps or (2 if opts.tiny else (12 if device.type == "cuda" else (4 if opts.quick else 8)))
         mode = "efficient" if "efficient" in opts.modes else opts.modes[0]

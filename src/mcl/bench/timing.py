@@ -132,7 +132,8 @@ def _channels_last(model: nn.Module, on: bool) -> nn.Module:
 
 
 def mcl_step(cfg, compute_mode: str, crops: Tensor | Callable[[], Tensor], device: torch.device,
-             precision: str = "fp32", channels_last: bool = False, seed: int = 0, name: str | None = None) -> Step:
+             precision: str = "fp32", channels_last: bool = False, seed: int = 0, name: str | None = None,
+             compile: bool = False, activation_checkpointing: bool = False) -> Step:
     """A whole MCL training step (forward, backward, clip, LARS, EMA) for ``cfg`` with ``compute_mode``.
 
     ``crops``: the ``(B, 2L, 3, S, S)`` input, or a function returning this step's input (a loader's batch).
@@ -143,8 +144,12 @@ def mcl_step(cfg, compute_mode: str, crops: Tensor | Callable[[], Tensor], devic
     cfg = copy.deepcopy(cfg)
     cfg.model.compute_mode = compute_mode
     torch.manual_seed(seed)
+    cfg.model.activation_checkpointing = activation_checkpointing
     model = _channels_last(build_model(cfg).to(device), channels_last)
     model.train()
+    if compile:
+        from mcl.speed import apply_speed_settings
+        apply_speed_settings(model, False, True, device.type)
     o = cfg.optim
     trainable = nn.ModuleDict({"online": model.online, "predictors": model.predictors})
     optimizer = build_optimizer(trainable, o.name, scaled_lr(o.base_lr, cfg.data.batch_size), o.weight_decay,
@@ -167,7 +172,8 @@ def mcl_step(cfg, compute_mode: str, crops: Tensor | Callable[[], Tensor], devic
 
     return Step(name or compute_mode, run, cfg.data.batch_size,
                 {"kind": "mcl", "compute_mode": compute_mode, "arch": cfg.model.arch,
-                 "crop_size": cfg.data.crop_size, "batch_size": cfg.data.batch_size})
+                 "crop_size": cfg.data.crop_size, "batch_size": cfg.data.batch_size, "compile": compile,
+                 "activation_checkpointing": activation_checkpointing})
 
 
 def supervised_step(arch: str, batch_size: int, image_size: int, device: torch.device, precision: str = "fp32",
@@ -219,6 +225,54 @@ def moco_step(arch: str, batch_size: int, image_size: int, device: torch.device,
 
     return Step(f"MoCo v2 {arch}", run, batch_size,
                 {"kind": "moco_v2", "arch": arch, "crop_size": image_size, "batch_size": batch_size})
+
+
+def lightly_moco_step(arch: str, batch_size: int, image_size: int, device: torch.device, precision: str = "fp32",
+                      channels_last: bool = False, seed: int = 0, queue_size: int = 65536) -> Step:
+    """The peer: MoCo v2 built from lightly's parts, as lightly's own MoCo example does.
+
+    torchvision ResNet without ``fc`` -> ``MoCoProjectionHead(C5, 2048, 128)``; momentum copies via
+    ``deactivate_requires_grad`` / ``update_momentum``; ``NTXentLoss(0.2, memory_bank_size=(K, 128))``.
+    Same step as ``moco_step``: query fwd+bwd on view 0, key fwd on view 1, SGD, EMA (m = 0.999).
+    Raises ``ImportError`` without lightly (``pip install 'mcl-pretrain[bench]'``).
+    """
+    import torchvision
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import MoCoProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+
+    torch.manual_seed(seed)
+    resnet = getattr(torchvision.models, arch)(weights=None)
+    c5 = resnet.fc.in_features
+    backbone = nn.Sequential(*list(resnet.children())[:-1], nn.Flatten(1))
+    head = MoCoProjectionHead(c5, 2048, 128)
+    backbone_m, head_m = copy.deepcopy(backbone), copy.deepcopy(head)
+    deactivate_requires_grad(backbone_m)
+    deactivate_requires_grad(head_m)
+    modules = nn.ModuleList([backbone, head, backbone_m, head_m])
+    _channels_last(modules.to(device), channels_last).train()
+    criterion = NTXentLoss(temperature=0.2, memory_bank_size=(queue_size, 128)).to(device)
+    optimizer = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=0.03, momentum=0.9,
+                                weight_decay=1e-4)
+    crops = torch.randn(batch_size, 2, 3, image_size, image_size,
+                        generator=torch.Generator().manual_seed(seed)).to(device)
+
+    def run() -> None:
+        with autocast(device, precision):
+            query = head(backbone(crops[:, 0]))
+            with torch.no_grad():
+                key = head_m(backbone_m(crops[:, 1]))
+            loss = criterion(query, key)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        update_momentum(backbone, backbone_m, 0.999)
+        update_momentum(head, head_m, 0.999)
+
+    import lightly
+    return Step(f"lightly MoCo v2 {arch}", run, batch_size,
+                {"kind": "lightly_moco_v2", "arch": arch, "crop_size": image_size, "batch_size": batch_size,
+                 "lightly": lightly.__version__})
 
 
 def random_crops(cfg, device: torch.device, seed: int = 0) -> Tensor:

@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-data", action="store_true", help="no data-pipeline rates and no loader-wait loop")
     parser.add_argument("--skip-loader", action="store_true", help="no loader-wait loop")
     parser.add_argument("--no-references", action="store_true", help="time MCL only (no supervised / MoCo steps)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time each mode with torch.compile'd ResNet bodies ('<mode>+compile')")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="also time each mode with the backbone stages recomputed in backward ('<mode>+ckpt')")
+    parser.add_argument("--no-lightly", action="store_true",
+                        help="do not time lightly's MoCo v2 (the peer; timed when lightly is installed)")
     parser.add_argument("--quiet", action="store_true", help="print only the final table")
     parser.epilog = ("Timing-recipe keys can be overridden: section.key=value (e.g. data.batch_size=64). "
                      "See docs/benchmarks.md for what each figure means.")
@@ -55,7 +61,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         loader=not (args.skip_data or args.skip_loader), references=not args.no_references,
         recipe=args.recipe, overrides=list(extra), precision=args.precision, channels_last=args.channels_last,
         warmup=args.warmup, repeats=args.repeats, budget_s=args.budget, num_workers=args.num_workers,
-        loader_steps=args.loader_steps, data_path=args.data,
+        loader_steps=args.loader_steps, data_path=args.data, compile=args.compile,
+        activation_checkpointing=args.activation_checkpointing, lightly=not args.no_lightly,
         command="mcl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"]
         else "mcl bench",
     )

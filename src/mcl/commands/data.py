@@ -1,4 +1,5 @@
-"""`mcl data`: make the synthetic dataset (`synth`) or inspect an image source (`info`)."""
+"""`mcl data`: make the synthetic dataset (`synth`), inspect an image source (`info`), write tar shards
+(`shards`) or index existing ones (`index`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("source", help="an image folder (recursive), a COCO .json or a .txt list")
     info.add_argument("--image-root", help="root for relative names in a json/txt (default: its folder)")
     info.add_argument("--check", action="store_true", help="decode every image and report unreadable files")
+    shards = sub.add_parser("shards", help="pack images into tar shards (WebDataset layout) + a shards.json index",
+                            description="Write the images of a source as OUT/shard-000000.tar, ... (SHARD_SIZE "
+                                        "images each, shuffled with --seed) and OUT/shards.json; every file is "
+                                        "written under a temporary name and renamed when complete.")
+    shards.add_argument("--src", required=True, help="an image folder (recursive), a COCO .json or a .txt list")
+    shards.add_argument("--out", required=True, help="output folder (must not hold shards yet)")
+    shards.add_argument("--shard-size", type=int, required=True, help="images per shard (~1000 for ImageNet)")
+    shards.add_argument("--max-side", type=int, help="decode and re-encode as JPEG with the longest side capped "
+                                                      "(default: store the files as they are)")
+    shards.add_argument("--image-root", help="root for relative names in a json/txt (default: its folder)")
+    shards.add_argument("--seed", type=int, default=0, help="order of the images across shards (default 0)")
+    shards.add_argument("--keep-order", action="store_true", help="keep the source's order instead of shuffling")
+    index = sub.add_parser("index", help="count the samples of existing tar shards and write shards.json beside them",
+                           description="Write FOLDER/shards.json (sample count and size of every shard) for "
+                                       "shards in one folder, so that training processes need not read their "
+                                       "tar headers to count them.")
+    index.add_argument("shards", help="a brace pattern (quoted), a folder of .tar shards or a .txt list of shards")
     parser.set_defaults(_data_parser=parser)
 
 
@@ -33,6 +51,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         return _synth(args)
     if args.data_command == "info":
         return _info(args)
+    if args.data_command == "shards":
+        return _shards(args)
+    if args.data_command == "index":
+        return _index(args)
     args._data_parser.print_help()
     return 2
 
@@ -65,3 +87,36 @@ def _info(args: argparse.Namespace) -> int:
             report.update([str(path)])
     print(report.summary())
     return 1 if report.count else 0
+
+
+def _shards(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mcl.data.shard_writer import refuse_existing, write_shards
+    from mcl.data.sources import list_images
+
+    refuse_existing(Path(args.out))                       # before listing a large source
+    paths = list_images(args.src, args.image_root)
+    result = write_shards(paths, args.out, args.shard_size, max_side=args.max_side,
+                          seed=None if args.keep_order else args.seed)
+    print(f"wrote {result.total} images in {len(result.shards)} shards to {args.out} (index {result.index})")
+    for path in result.skipped:
+        print(f"skipped unreadable image {path}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable files of {len(paths)} in {args.src}")
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mcl.data.shard_index import INDEX_NAME, list_shards, write_index
+    from mcl.errors import UserError
+
+    listed = list_shards(args.shards)
+    folders = {s.path.parent.resolve() for s in listed.shards}
+    if len(folders) != 1:
+        raise UserError(f"{args.shards}: the shards lie in {len(folders)} folders; index each folder on its own")
+    index = write_index(Path(next(iter(folders))) / INDEX_NAME, list(listed.shards))
+    print(f"{index}: {len(listed.shards)} shards, {listed.total} samples")
+    return 0

@@ -28,7 +28,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from mcl.data.sources import collate_views
     from mcl.errors import UserError
     from mcl.montage import level_specs
-    from mcl.train import build_dataset
+    from mcl.data.device_views import CanvasCollate, crops_of
+    from mcl.train import build_dataset, build_device_views
     from mcl.visualize import draw_pyramids
 
     out = Path(args.out)
@@ -43,8 +44,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     dataset = build_dataset(cfg)
     if len(dataset) < cfg.data.batch_size:
         raise UserError(f"the source has {len(dataset)} images, fewer than data.batch_size {cfg.data.batch_size}")
-    batch = collate_views([dataset[i] for i in range(cfg.data.batch_size)])
-    picture = draw_pyramids(batch["crops"], specs, cfg.montage.interpolation, args.images, args.per_level,
+    views = build_device_views(cfg)          # data.augment_on=device: the crops are made from canvases here
+    batch = (CanvasCollate(views) if views else collate_views)([dataset[i] for i in range(cfg.data.batch_size)])
+    picture = draw_pyramids(crops_of(batch, views), specs, cfg.montage.interpolation, args.images, args.per_level,
                             scale=max(1, 192 // cfg.data.crop_size), seed=args.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.png")

@@ -35,7 +35,10 @@ def is_rank_zero() -> bool:
 
 
 def resolve_config(config_cls, validate, args: argparse.Namespace, extra: list[str]):
-    """Defaults <- --config YAML <- overrides <- --data/--image-root/--out, then ``validate``."""
+    """Defaults <- --config YAML <- overrides <- --data/--image-root/--out, then ``validate``; then torch,
+    numpy and python are seeded with ``trainer.seed`` (so the model built next has reproducible weights)."""
+    import lightning as L
+
     from mcl.config import load_config, merge, parse_overrides
 
     cli: dict = {}
@@ -47,6 +50,7 @@ def resolve_config(config_cls, validate, args: argparse.Namespace, extra: list[s
         cli.setdefault("trainer", {})["out"] = args.out
     cfg = load_config(config_cls, args.config, merge(parse_overrides(extra), cli))
     validate(cfg)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     return cfg
 
 
@@ -74,9 +78,13 @@ def fit(cfg, module, datamodule, resume: bool, describe) -> int:
     """Refuse to overwrite a run, save the resolved config, train, write ``last.ckpt``, print the summary.
 
     Shared by every pretraining method; ``describe(summary, trainer, checkpoint) -> str`` is the end text.
+    Stopped by a signal (``mcl.preemption``): the checkpoint is already written; prints it and the
+    ``--resume`` command and returns 0. Too many non-finite steps raise ``NonFiniteError`` (exit 2).
     """
     from mcl.config import save_yaml
     from mcl.errors import UserError
+    from mcl.nonfinite import NonFiniteMonitor
+    from mcl.preemption import GracefulStop
     from mcl.summary import RunSummary
     from mcl.train import build_trainer, find_resume_checkpoint
 
@@ -95,8 +103,15 @@ def fit(cfg, module, datamodule, resume: bool, describe) -> int:
     summary = RunSummary(run_dir)
     trainer = build_trainer(cfg, run_dir, extra_callbacks=[summary])
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    stop = next(c for c in trainer.callbacks if isinstance(c, GracefulStop))
+    nonfinite = next(c for c in trainer.callbacks if isinstance(c, NonFiniteMonitor))
+    if stop.stopped_at is not None:
+        if trainer.is_global_zero:
+            print(f"mcl: {stop.message()}", flush=True)
+        return 0
     trainer.save_checkpoint(run_dir / "last.ckpt")
     if trainer.is_global_zero:
         print(describe(summary, trainer, run_dir / "last.ckpt"), flush=True)
+        print(f"non-finite steps skipped: {nonfinite.skipped} (train/nonfinite_skipped in the logs)", flush=True)
     sys.stdout.flush()
     return 0

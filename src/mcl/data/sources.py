@@ -14,6 +14,7 @@ broken one is skipped at load time by :class:`ImageDataset` and reported by :cla
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -176,7 +177,13 @@ def _list_txt(path: Path, root: Path) -> list[Path]:
 
 
 def load_rgb(path, max_side: int | None = None) -> Image.Image:
-    """Decode ``path`` fully into an 8-bit ``"RGB"`` PIL image, upright per its EXIF orientation.
+    """Decode the image file ``path`` (rules in :func:`decode_rgb`)."""
+    return decode_rgb(path, max_side)
+
+
+def decode_rgb(data, max_side: int | None = None, name=None) -> Image.Image:
+    """Decode ``data`` (a path, ``bytes`` or a binary file object) fully into an 8-bit ``"RGB"`` PIL image,
+    upright per its EXIF orientation. ``name`` (default: ``data`` itself) names it in errors.
 
     Mode handling: L/1/P/CMYK/YCbCr -> RGB via PIL; anything with alpha (RGBA, LA, PA, P with
     transparency) is composited over **white**; 16-bit (I;16*) maps 0..65535 -> 0..255 as
@@ -193,10 +200,13 @@ def load_rgb(path, max_side: int | None = None) -> Image.Image:
     """
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be a positive int or None, got {max_side}")
+    path = name if name is not None else data
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bomb / corrupt-EXIF / palette notes: per-image spam, never fatal
-            with Image.open(path) as im:
+            with Image.open(data) as im:
                 if max_side is not None:  # JPEG/MPO: reduced-scale DCT decode; other formats: no-op
                     im.draft(None, _draft_size(im.size, max_side))
                 im.load()

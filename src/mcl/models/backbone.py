@@ -12,7 +12,9 @@ for the levels asked. Asking for all four levels equals torchvision's FPN forwar
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
@@ -39,8 +41,9 @@ def make_resnet(arch: str) -> nn.Module:
 class ResNetFPN(nn.Module):
     """``body`` (C2..C5) + ``fpn`` (P2..P5, BN), computing only the requested FPN levels."""
 
-    def __init__(self, arch: str = "resnet50", out_channels: int = 256):
+    def __init__(self, arch: str = "resnet50", out_channels: int = 256, activation_checkpointing: bool = False):
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         resnet = make_resnet(arch)
         self.body = IntermediateLayerGetter(resnet, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"})
         self.fpn = FeaturePyramidNetwork(list(RESNET_CHANNELS[arch]), out_channels, extra_blocks=None,
@@ -48,8 +51,18 @@ class ResNetFPN(nn.Module):
         self.out_channels = out_channels
 
     def features(self, x: Tensor) -> list[Tensor]:
-        """C2..C5 of ``x (N, 3, S, S)``."""
-        return list(self.body(x).values())
+        """C2..C5 of ``x (N, 3, S, S)``; with ``activation_checkpointing`` (training, grad on) each of the
+        four stages is recomputed in the backward instead of keeping its activations."""
+        if not (self.activation_checkpointing and self.training and torch.is_grad_enabled()):
+            return list(self.body(x).values())
+        out = []
+        for name, module in self.body.items():
+            if name in self.body.return_layers:
+                x = torch.utils.checkpoint.checkpoint(module, x, use_reentrant=False)
+                out.append(x)
+            else:
+                x = module(x)
+        return out
 
     def top_down(self, feats: list[Tensor], finest: int) -> dict[int, Tensor]:
         """FPN inner maps (lateral 1x1 + nearest top-down sum) from P5 down to level ``finest``.

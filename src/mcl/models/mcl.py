@@ -77,7 +77,7 @@ class MCL(nn.Module):
                  fpn_channels: int = 256, neck_convs: int = 4, neck_hidden: int = 2048, embed_dim: int = 256,
                  predictor_hidden: int = 2048, level_weights: list[float] = (0.5, 0.25, 0.125, 0.125),
                  temperature: float = 1.0, compute_mode: str = "efficient", interpolation: str = "nearest",
-                 positives: str = "top"):
+                 positives: str = "top", activation_checkpointing: bool = False):
         super().__init__()
         if compute_mode not in COMPUTE_MODES:
             raise UserError(f"model.compute_mode {compute_mode!r} is not one of {', '.join(COMPUTE_MODES)}")
@@ -100,6 +100,7 @@ class MCL(nn.Module):
         self.level_weights = [float(w) for w in level_weights]
         self.temperature = float(temperature)
         self.online = Encoder(arch, fpn_channels, neck_convs, neck_hidden, embed_dim, cell_size)
+        self.online.backbone.activation_checkpointing = activation_checkpointing   # the target runs without grad
         self.predictors = nn.ModuleList(Predictor(embed_dim, predictor_hidden) for _ in self.specs)
         self.target = copy.deepcopy(self.online)
         for p in self.target.parameters():

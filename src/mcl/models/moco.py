@@ -139,6 +139,7 @@ class MoCo(nn.Module):
             p.requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, embed_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._host_ptr: int | None = None    # queue_ptr's value on the host (no device read per step)
 
     def check_queue(self, keys_per_step: int) -> None:
         """Refuse a queue that the global batch does not divide (one line naming the keys to change)."""
@@ -164,7 +165,14 @@ class MoCo(nn.Module):
         """Enqueue this step's keys, all-gathered over processes first when ``gather``."""
         keys = gather_keys(keys) if gather else keys.detach()
         self.check_queue(keys.shape[0])
-        self.queue_ptr.fill_(enqueue(self.queue, int(self.queue_ptr), keys))
+        if self._host_ptr is None:            # first step, or after a checkpoint was loaded: read it once
+            self._host_ptr = int(self.queue_ptr)
+        self._host_ptr = enqueue(self.queue, self._host_ptr, keys)
+        self.queue_ptr.fill_(self._host_ptr)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._host_ptr = None                 # the loaded queue_ptr is the truth
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

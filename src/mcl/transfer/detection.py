@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 from torchvision.models.detection import (FasterRCNN, MaskRCNN, fasterrcnn_resnet50_fpn_v2,
                                           maskrcnn_resnet50_fpn_v2)
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, RPNHead, _default_anchorgen
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
@@ -59,7 +60,7 @@ class MultiScaleTransform(GeneralizedRCNNTransform):
 def _v2_layout(body: nn.Module, num_classes: int, with_masks: bool, **kwargs) -> nn.Module:
     """``maskrcnn_resnet50_fpn_v2``'s construction around any torchvision ResNet ``body``."""
     backbone = _resnet_fpn_extractor(body, 5, norm_layer=nn.BatchNorm2d)
-    anchors = _default_anchorgen()
+    anchors = kwargs.pop("rpn_anchor_generator", None) or _default_anchorgen()
     rpn_head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=2)
     box_head = FastRCNNConvFCHead((backbone.out_channels, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
     parts = dict(rpn_anchor_generator=anchors, rpn_head=rpn_head, box_head=box_head, **kwargs)
@@ -69,9 +70,17 @@ def _v2_layout(body: nn.Module, num_classes: int, with_masks: bool, **kwargs) ->
     return FasterRCNN(backbone, num_classes=num_classes, **parts)
 
 
+def anchor_generator(sizes) -> AnchorGenerator:
+    """One anchor size per FPN output (P2..P6), aspect ratios 0.5, 1, 2 (torchvision's default has 32..512)."""
+    sizes = tuple(int(x) for x in sizes)
+    if len(sizes) != 5 or any(x < 1 for x in sizes):
+        raise UserError(f"model.anchor_sizes {list(sizes)}: give 5 positive sizes, one per FPN level P2..P6")
+    return AnchorGenerator(tuple((x,) for x in sizes), ((0.5, 1.0, 2.0),) * 5)
+
+
 def build_detector(arch: str = "resnet50", num_classes: int = 91, with_masks: bool = True, norm: str = "bn",
                    train_min_sizes=(800,), test_min_size: int = 800, max_size: int = 1333,
-                   **kwargs) -> nn.Module:
+                   anchor_sizes=None, **kwargs) -> nn.Module:
     """A randomly initialised v2-layout Mask R-CNN (Faster R-CNN if ``not with_masks``); nothing is downloaded.
 
     ``num_classes`` counts the background, as in torchvision (K categories -> K + 1).
@@ -80,6 +89,8 @@ def build_detector(arch: str = "resnet50", num_classes: int = 91, with_masks: bo
     """
     if norm not in ("bn", "syncbn"):
         raise ValueError(f"norm {norm!r} should be 'bn' or 'syncbn'")
+    if anchor_sizes is not None:
+        kwargs["rpn_anchor_generator"] = anchor_generator(anchor_sizes)
     if arch == "resnet50":
         # with no weights torchvision trains all 5 stages and uses plain BatchNorm2d in the body
         builder = maskrcnn_resnet50_fpn_v2 if with_masks else fasterrcnn_resnet50_fpn_v2
@@ -292,7 +303,8 @@ class DetectionFinetuneModule(L.LightningModule):
             test_min_size=size.test_min_size, max_size=size.max_size,
             rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
             rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
-            box_batch_size_per_image=m.box_batch_size_per_image, box_detections_per_img=m.box_detections_per_img)
+            box_batch_size_per_image=m.box_batch_size_per_image, box_detections_per_img=m.box_detections_per_img,
+            box_score_thresh=m.box_score_thresh, anchor_sizes=m.anchor_sizes)
         self.val_gt = None
         self.eval_dir: Path | None = None
         self.eval_extra: dict = {}
@@ -339,6 +351,7 @@ class DetectionFinetuneModule(L.LightningModule):
                             f"lower schedule.base_lr or raise schedule.warmup_iters")
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(images))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        self._last_loss = loss.detach()
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -367,7 +380,9 @@ class DetectionFinetuneModule(L.LightningModule):
                 raise RuntimeError("set_evaluation(gt, eval_dir) must be called before validating")
             predictions = [p for preds in per_image.values() for p in preds]
             results = coco_evaluate(self.val_gt, predictions, self.iou_types)
-            write_results(self.eval_dir, results, predictions, step=self.global_step, **self.eval_extra)
+            last = getattr(self, "_last_loss", None)
+            extra = dict(self.eval_extra, train_loss_last=float(last) if last is not None else None)
+            write_results(self.eval_dir, results, predictions, step=self.global_step, **extra)
             print(f"\nCOCO evaluation at step {self.global_step} ({len(per_image)} images):\n"
                   f"{format_table(results)}\nwritten to {self.eval_dir}", flush=True)
         self.last_results = self.trainer.strategy.broadcast(results, src=0)

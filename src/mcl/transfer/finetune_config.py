@@ -59,6 +59,8 @@ class ModelConfig:
     rpn_post_nms_top_n_test: int = 1000
     box_batch_size_per_image: int = 512
     box_detections_per_img: int = 100
+    box_score_thresh: float = 0.05  # detections scored below are dropped before AP (torchvision, detectron2)
+    anchor_sizes: list[int] | None = None  # one per P2..P6; None: torchvision's 32, 64, 128, 256, 512
 
 
 @dataclass

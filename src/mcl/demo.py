@@ -1,0 +1,321 @@
+"""`mcl demo`: the paper's comparison (MCL vs MoCo v2 vs random init, transferred to Mask R-CNN) at toy scale.
+
+For each seed ``s``:
+
+1. **Pretraining data**: ``plan.unlabeled`` embedded synthetic scenes of seed ``1000 + s`` (no labels used).
+2. **Pretraining, equal budget**: MCL (recipe ``cpu_smoke``) and MoCo v2 (``moco_cpu_smoke``) each run
+   ``plan.pretrain_steps`` steps of 32 images (equal epochs: the same unique images seen, the same
+   number of optimizer steps); the wall-clock of each is recorded beside it (MCL's step encodes 8
+   crops per image, MoCo's 2, so MCL costs more per epoch; the table says how much).
+3. **Transfer**: the same Mask R-CNN R18-FPN recipe (``finetune_cpu_smoke`` with ``plan.finetune_iterations``
+   iterations) from each pretrained checkpoint and from random init, on labeled scenes (``plan.train``
+   scenes of seed ``s``) and scored with pycocotools on ``plan.val`` held-out scenes (seed ``s + 1``).
+
+Every stage runs as its own ``mcl`` subprocess (log in the stage's folder); a stage whose output is
+already complete is reused, so an interrupted demo continues where it stopped. Seeds fix the
+weights, the data order and the augmentations: the same seed gives the same table on the same machine.
+Outputs in ``--out``: ``results.json`` (every figure), ``results.md`` (the table) and ``results.png``
+(bar chart, mean and standard deviation over seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from mcl.errors import UserError
+
+METHODS = ("mcl", "moco", "random")
+METHOD_LABELS = {"mcl": "MCL", "moco": "MoCo v2", "random": "random init"}
+METRIC_COLUMNS = (("bbox", "AP"), ("segm", "AP"), ("bbox", "AP50"), ("segm", "AP50"), ("bbox", "APs"),
+                  ("bbox", "APm"), ("bbox", "APl"))
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes of one demo: pretraining steps (each method), fine-tuning iterations, scene counts and size."""
+
+    name: str
+    pretrain_steps: int
+    finetune_iterations: int
+    unlabeled: int = 512
+    train: int = 64
+    val: int = 32
+    scene_size: int = 128
+    pretrain_overrides: tuple[str, ...] = ()
+    finetune_overrides: tuple[str, ...] = ()
+
+
+# Anchors scaled to the 128 px scenes (torchvision's 32..512 are sized for 800 px COCO images: with them
+# most objects here match no anchor, no proposal overlaps an object, and nothing is ever detected).
+SCENE_ANCHORS = "model.anchor_sizes=[8,16,32,64,128]"
+
+PLANS = {
+    "full": DemoPlan("full", pretrain_steps=200, finetune_iterations=600, finetune_overrides=(SCENE_ANCHORS,)),
+    "quick": DemoPlan("quick", pretrain_steps=80, finetune_iterations=300, finetune_overrides=(SCENE_ANCHORS,)),
+    # tests only: seconds, and the figures mean nothing
+    "tiny": DemoPlan("tiny", pretrain_steps=3, finetune_iterations=4, unlabeled=64, train=4, val=2, scene_size=64,
+                     pretrain_overrides=("data.batch_size=32", "data.num_workers=0", "data.crop_size=32",
+                                         "model.cell_size=1", "montage.ratios=[1,2]", "montage.repeats=[1,1]",
+                                         "loss.level_weights=[0.5,0.5]"),
+                     finetune_overrides=(SCENE_ANCHORS, "input.train_min_sizes=[64]", "input.test_min_size=64",
+                                         "input.max_size=96", "data.num_workers=0")),
+}
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+def _run(cmd: list[str], log_path: Path, say: Callable[[str], None]) -> float:
+    """Run one ``mcl`` stage as a subprocess (output to ``log_path``); its wall-clock seconds. A failure
+    raises ``UserError`` with the stage's last lines and the log's path."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    say("  $ " + " ".join(cmd[2:]))
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), PYTHONUNBUFFERED="1")
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    elapsed = time.perf_counter() - t0
+    if code != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        raise UserError(f"demo stage failed (exit {code}): {' | '.join(tail)} (full log: {log_path})")
+    return elapsed
+
+
+def _mcl(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mcl.cli", *args]
+
+
+def _stage_record(folder: Path) -> dict | None:
+    path = folder / "stage.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _save_record(folder: Path, record: dict) -> None:
+    tmp = folder / "stage.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, folder / "stage.json")
+
+
+def labeled_scenes(out: Path, plan: DemoPlan, seed: int, say) -> dict[str, str]:
+    """Train (seed ``s``) and val (seed ``s + 1``) scenes with COCO json, written once per seed."""
+    root = out / f"seed{seed}" / "scenes"
+    paths = {}
+    for split, num, scene_seed in (("train", plan.train, seed), ("val", plan.val, seed + 1)):
+        json_path = root / f"{split}.json"
+        if not json_path.is_file():
+            _run(_mcl("data", "synth", "--out", str(root), "--num", str(num), "--seed", str(scene_seed),
+                      "--size", str(plan.scene_size), "--split", split), root / f"synth_{split}.log", say)
+        paths[f"{split}_json"], paths[f"{split}_images"] = str(json_path), str(root)
+    return paths
+
+
+def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say) -> dict:
+    """MCL or MoCo v2 on the unlabeled scenes; returns ``{"checkpoint", "seconds", "loss_first", "loss_last"}``."""
+    folder = out / f"seed{seed}" / f"pretrain_{method}"
+    record = _stage_record(folder)
+    if record:
+        say(f"  reusing {folder} (done earlier)")
+        return record
+    shutil.rmtree(folder, ignore_errors=True)       # an interrupted stage starts again from scratch
+    command, recipe = ("pretrain", "cpu_smoke") if method == "mcl" else ("pretrain-moco", "moco_cpu_smoke")
+    args = ["--config", recipe, "--out", str(folder), f"trainer.max_steps={plan.pretrain_steps}",
+            f"trainer.seed={seed}", f"data.synthetic_seed={1000 + seed}", f"data.synthetic_num={plan.unlabeled}",
+            f"data.synthetic_size={plan.scene_size}", "trainer.progress_bar=false",
+            f"trainer.checkpoint_every_steps={max(plan.pretrain_steps, 1)}", "trainer.log_every_steps=1"]
+    if method == "mcl":
+        args += list(plan.pretrain_overrides)
+    else:
+        args += [o for o in plan.pretrain_overrides if o.split("=")[0].split(".")[0] in ("data", "trainer")
+                 and not o.startswith("data.crop_size")]
+    seconds = _run(_mcl(command, *args), out / f"seed{seed}" / f"pretrain_{method}.log", say)
+    first, last = _loss_ends(folder / "logs" / "metrics.csv")
+    record = {"checkpoint": str(folder / "last.ckpt"), "seconds": seconds, "steps": plan.pretrain_steps,
+              "loss_first": first, "loss_last": last}
+    _save_record(folder, record)
+    return record
+
+
+def finetune(out: Path, init: str, name: str, plan: DemoPlan, seed: int, scenes: dict, say) -> dict:
+    """The same Mask R-CNN recipe from ``init``; returns ``{"results", "seconds", ...}`` (COCO AP)."""
+    folder = out / f"seed{seed}" / f"finetune_{name}"
+    record = _stage_record(folder)
+    if record:
+        say(f"  reusing {folder} (done earlier)")
+        return record
+    shutil.rmtree(folder, ignore_errors=True)
+    args = ["--config", "finetune_cpu_smoke", "--init", init, "--out", str(folder),
+            "--train-json", scenes["train_json"], "--train-images", scenes["train_images"],
+            "--val-json", scenes["val_json"], "--val-images", scenes["val_images"],
+            f"schedule.iterations_1x={plan.finetune_iterations}", "schedule.reference_batch=2",
+            f"trainer.seed={seed}", "trainer.progress_bar=false",
+            f"trainer.checkpoint_every_steps={max(plan.finetune_iterations, 1)}", *plan.finetune_overrides]
+    seconds = _run(_mcl("finetune", *args), out / f"seed{seed}" / f"finetune_{name}.log", say)
+    results = json.loads((folder / "eval" / "results.json").read_text())
+    record = {"init": init, "seconds": seconds, "iterations": plan.finetune_iterations,
+              "final_loss": results.get("train_loss_last"),
+              "results": {t: results[t] for t in ("bbox", "segm") if t in results}}
+    _save_record(folder, record)
+    return record
+
+
+def _loss_ends(csv_path: Path) -> tuple[float | None, float | None]:
+    """First and last logged ``train/loss`` of a pretraining run's CSV log."""
+    import csv
+
+    if not csv_path.is_file():
+        return None, None
+    losses = [float(r["train/loss"]) for r in csv.DictReader(open(csv_path)) if r.get("train/loss")]
+    return (losses[0], losses[-1]) if losses else (None, None)
+
+
+# ---------------------------------------------------------------------------------------------- the demo
+
+def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ...] = METHODS,
+             say: Callable[[str], None] = print) -> dict:
+    """Every stage for every seed, then the summary (also written to ``out/results.json``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    per_seed: dict[str, dict] = {}
+    for seed in seeds:
+        say(f"seed {seed}: labeled scenes")
+        scenes = labeled_scenes(out, plan, seed, say)
+        runs: dict[str, dict] = {}
+        for method in methods:
+            if method == "random":
+                continue
+            say(f"seed {seed}: pretrain {METHOD_LABELS[method]} ({plan.pretrain_steps} steps)")
+            runs[method] = {"pretrain": pretrain(out, method, plan, seed, say)}
+        for method in methods:
+            init = "random" if method == "random" else runs[method]["pretrain"]["checkpoint"]
+            say(f"seed {seed}: fine-tune Mask R-CNN from {METHOD_LABELS[method]} ({plan.finetune_iterations} its)")
+            runs.setdefault(method, {})["finetune"] = finetune(out, init, method, plan, seed, scenes, say)
+        per_seed[str(seed)] = runs
+    summary = {"schema": "mcl-demo/1", "plan": asdict(plan), "seeds": seeds, "methods": list(methods),
+               "budget": "equal epochs: each pretraining method runs the same steps at the same batch (32)",
+               "per_seed": per_seed, "aggregate": aggregate(per_seed, methods),
+               "elapsed_s": time.perf_counter() - start, "machine": _machine(),
+               "stage_seconds_total": sum(stage["seconds"] for runs in per_seed.values() for run in runs.values()
+                                          for stage in run.values())}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "results.json")
+    (out / "results.md").write_text(render_table(summary, markdown=True) + "\n")
+    plot(summary, out / "results.png")
+    return summary
+
+
+def aggregate(per_seed: dict, methods) -> dict:
+    """Mean and sample standard deviation over seeds of each metric (in AP points, 0-100) and of the times."""
+    agg = {}
+    for method in methods:
+        rows = [runs[method] for runs in per_seed.values() if method in runs]
+        entry = {}
+        for iou_type, metric in METRIC_COLUMNS:
+            values = [r["finetune"]["results"].get(iou_type, {}).get(metric) for r in rows]
+            values = [100.0 * v for v in values if v is not None]
+            entry[f"{iou_type}/{metric}"] = _mean_std(values)
+        entry["finetune_s"] = _mean_std([r["finetune"]["seconds"] for r in rows])
+        if all("pretrain" in r for r in rows) and rows:
+            entry["pretrain_s"] = _mean_std([r["pretrain"]["seconds"] for r in rows])
+        agg[method] = entry
+    return agg
+
+
+def _mean_std(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def render_table(summary: dict, markdown: bool = False) -> str:
+    """Methods x (AP box, AP mask, AP50s, APs/m/l box, pretrain and fine-tune minutes): mean ± std over seeds."""
+    from mcl.bench.report import table
+
+    n = len(summary["seeds"])
+    headers = ["init", "AP box", "AP mask", "AP50 box", "AP50 mask", "APs box", "APm box", "APl box",
+               "pretrain min", "fine-tune min"]
+
+    def cell(stat: dict, scale: float = 1.0, digits: int = 1) -> str:
+        if stat is None or stat.get("mean") is None:
+            return "-"
+        text = f"{stat['mean'] * scale:.{digits}f}"
+        return text + (f" ± {stat['std'] * scale:.{digits}f}" if n > 1 else "")
+
+    rows = []
+    for method in summary["methods"]:
+        a = summary["aggregate"][method]
+        rows.append([METHOD_LABELS[method]] + [cell(a[f"{t}/{m}"]) for t, m in METRIC_COLUMNS]
+                    + [cell(a.get("pretrain_s"), 1 / 60), cell(a["finetune_s"], 1 / 60)])
+    plan = summary["plan"]
+    title = (f"mcl demo ({plan['name']}): COCO AP (%) on {plan['val']} held-out synthetic scenes, "
+             f"Mask R-CNN R18-FPN fine-tuned {plan['finetune_iterations']} iterations on {plan['train']} scenes; "
+             f"pretraining {plan['pretrain_steps']} steps x 32 images on {plan['unlabeled']} unlabeled scenes "
+             f"(equal epochs); " + (f"mean ± std over seeds {summary['seeds']}" if n > 1
+                                    else f"seed {summary['seeds'][0]}"))
+    return (f"**{title}**\n\n" if markdown else f"{title}\n") + table(headers, rows, markdown)
+
+
+def plot(summary: dict, path: Path) -> Path:
+    """Grouped bars: AP box, AP mask, AP50 box per method, with ±1 std error bars over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("bbox/AP", "AP box"), ("segm/AP", "AP mask"), ("bbox/AP50", "AP50 box")]
+    methods = summary["methods"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        a = summary["aggregate"][method]
+        means = [a[k]["mean"] or 0.0 for k, _ in metrics]
+        stds = [a[k]["std"] or 0.0 for k, _ in metrics]
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(metrics))]
+        ax.bar(xs, means, width, yerr=stds if len(summary["seeds"]) > 1 else None, capsize=3,
+               label=METHOD_LABELS[method])
+    ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
+    ax.set_ylabel("COCO AP (%)")
+    seeds = summary["seeds"]
+    ax.set_title(f"mcl demo ({summary['plan']['name']}), " + (f"{len(seeds)} seeds, mean ± std" if len(seeds) > 1
+                                                              else f"seed {seeds[0]}"), fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _machine() -> dict:
+    import platform
+
+    import torch
+
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise UserError(f"--methods {text!r}: choose from {', '.join(METHODS)}")
+    return methods
+
+
+def seeds_from(count: int, first: int) -> list[int]:
+    if count < 1:
+        raise UserError(f"--seeds {count}: give at least 1")
+    return [first + i for i in range(count)]
+

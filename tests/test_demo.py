@@ -1,0 +1,93 @@
+"""`mcl demo`: the table and chart from recorded runs, input checks, and a real tiny demo that is reproducible."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mcl.demo import PLANS, aggregate, parse_methods, plot, render_table, seeds_from
+from mcl.errors import UserError
+
+
+def _record(ap: float, seconds: float = 60.0, pretrain: bool = True) -> dict:
+    runs = {"finetune": {"seconds": seconds, "results": {
+        "bbox": {"AP": ap, "AP50": 2 * ap, "AP75": ap, "APs": None, "APm": ap, "APl": ap},
+        "segm": {"AP": ap / 2, "AP50": ap, "AP75": ap, "APs": None, "APm": ap, "APl": ap}}}}
+    if pretrain:
+        runs["pretrain"] = {"seconds": 120.0}
+    return runs
+
+
+def _summary(per_seed: dict, seeds: list[int]) -> dict:
+    methods = ["mcl", "random"]
+    return {"plan": {"name": "quick", "val": 32, "train": 64, "finetune_iterations": 300, "pretrain_steps": 80,
+                     "unlabeled": 512}, "seeds": seeds, "methods": methods,
+            "aggregate": aggregate(per_seed, methods)}
+
+
+def test_aggregate_gives_mean_and_sample_std_in_ap_points():
+    per_seed = {"0": {"mcl": _record(0.10), "random": _record(0.02, pretrain=False)},
+                "1": {"mcl": _record(0.20), "random": _record(0.04, pretrain=False)}}
+    agg = aggregate(per_seed, ["mcl", "random"])
+    assert agg["mcl"]["bbox/AP"]["mean"] == pytest.approx(15.0)
+    assert agg["mcl"]["bbox/AP"]["std"] == pytest.approx(7.0710678)          # sample std of 10 and 20
+    assert agg["random"]["segm/AP50"]["mean"] == pytest.approx(3.0)
+    assert agg["mcl"]["bbox/APs"] == {"mean": None, "std": None, "n": 0}      # no small objects: "-"
+    assert "pretrain_s" in agg["mcl"] and "pretrain_s" not in agg["random"]
+
+
+def test_table_and_chart(tmp_path):
+    per_seed = {"0": {"mcl": _record(0.10), "random": _record(0.02, pretrain=False)},
+                "1": {"mcl": _record(0.20), "random": _record(0.04, pretrain=False)}}
+    text = render_table(_summary(per_seed, [0, 1]))
+    mcl_row = next(line for line in text.splitlines() if line.startswith("MCL"))
+    assert "15.0 ± 7.1" in mcl_row and "2.0 ± 0.0" in mcl_row                # AP box; pretrain minutes
+    assert "mean ± std over seeds [0, 1]" in text
+    random_row = next(line for line in text.splitlines() if line.startswith("random init"))
+    assert " - " in random_row                                               # no pretraining time
+    png = plot(_summary(per_seed, [0, 1]), tmp_path / "chart.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_methods_and_seeds_are_refused():
+    assert parse_methods("mcl, random") == ("mcl", "random")
+    with pytest.raises(UserError, match="choose from mcl, moco, random"):
+        parse_methods("mcl,byol")
+    with pytest.raises(UserError, match="at least 1"):
+        seeds_from(0, 0)
+    assert seeds_from(3, 5) == [5, 6, 7]
+
+
+def _demo(out, *extra):
+    return subprocess.run([sys.executable, "-m", "mcl.cli", "demo", "--tiny", "--methods", "mcl,random",
+                           "--out", str(out), *extra], capture_output=True, text=True, timeout=900)
+
+
+def test_tiny_demo_runs_every_stage_reuses_them_and_repeats_exactly(tmp_path):
+    """Two fresh runs with the same seed give the same figures; a rerun in the same folder reuses its stages."""
+    first = _demo(tmp_path / "a")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    summary = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert summary["methods"] == ["mcl", "random"] and summary["seeds"] == [0]
+    assert (tmp_path / "a" / "results.png").stat().st_size > 0
+    assert "AP box" in (tmp_path / "a" / "results.md").read_text()
+    runs = summary["per_seed"]["0"]
+    assert runs["mcl"]["pretrain"]["loss_first"] is not None
+    assert "reusing" not in first.stdout
+
+    again = _demo(tmp_path / "a")
+    assert again.returncode == 0 and again.stdout.count("reusing") == 3     # pretrain + 2 fine-tunes
+
+    second = _demo(tmp_path / "b")
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    other = json.loads((tmp_path / "b" / "results.json").read_text())["per_seed"]["0"]
+    assert other["mcl"]["pretrain"]["loss_last"] == runs["mcl"]["pretrain"]["loss_last"]
+    for method in ("mcl", "random"):
+        assert other[method]["finetune"]["results"] == runs[method]["finetune"]["results"]
+        assert other[method]["finetune"]["final_loss"] == runs[method]["finetune"]["final_loss"]
+
+
+def test_plans_are_ordered_by_size():
+    assert PLANS["tiny"].pretrain_steps < PLANS["quick"].pretrain_steps < PLANS["full"].pretrain_steps
+    assert PLANS["quick"].finetune_iterations < PLANS["full"].finetune_iterations

@@ -1,0 +1,60 @@
+"""Speed settings change storage and scheduling only: same outputs and gradients, same checkpoint keys."""
+
+import copy
+
+import torch
+
+from mcl.models.mcl import MCL
+from mcl.speed import apply_speed_settings, resnet_bodies, wants_channels_last
+
+TINY = dict(arch="resnet18", crop_size=32, cell_size=1, ratios=[1, 2], repeats=[1, 1], fpn_channels=16,
+            neck_convs=1, neck_hidden=16, embed_dim=8, predictor_hidden=16, level_weights=[0.5, 0.5])
+
+
+def _loss_and_grads(model: MCL, crops: torch.Tensor):
+    model.zero_grad(set_to_none=True)
+    out = model(crops, generator=torch.Generator().manual_seed(0), gather=False)
+    out.loss.backward()
+    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    plain = MCL(**TINY)
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.online.backbone.activation_checkpointing = True
+    crops = torch.randn(8, 4, 3, 32, 32)
+    loss_a, grads_a = _loss_and_grads(plain, crops)
+    loss_b, grads_b = _loss_and_grads(checkpointed, crops)
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and any("backbone.body" in k for k in grads_a)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6)
+
+
+def test_channels_last_is_auto_on_cuda_only_and_keeps_outputs():
+    assert wants_channels_last("auto", "cuda") and not wants_channels_last("auto", "cpu")
+    assert wants_channels_last(True, "cpu") and not wants_channels_last(False, "cuda")
+    torch.manual_seed(0)
+    model = MCL(**TINY).eval()
+    nhwc = copy.deepcopy(model)
+    assert apply_speed_settings(nhwc, True, False, "cpu") == ["channels_last"]
+    conv = nhwc.online.backbone.body.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    crops = torch.randn(8, 4, 3, 32, 32)
+    with torch.no_grad():
+        a = model(crops, generator=torch.Generator().manual_seed(1), gather=False).loss
+        b = nhwc(crops, generator=torch.Generator().manual_seed(1), gather=False).loss
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert model.state_dict().keys() == nhwc.state_dict().keys()
+
+
+def test_compile_marks_every_resnet_body_and_keeps_state_dict_keys():
+    model = MCL(**TINY)
+    keys = list(model.state_dict())
+    bodies = resnet_bodies(model)
+    assert [b is model.online.backbone.body or b is model.target.backbone.body for b in bodies] == [True, True]
+    applied = apply_speed_settings(model, False, True, "cpu")      # compiles lazily: nothing runs here
+    assert applied == ["torch.compile (2 ResNet bodies)"]
+    assert all(getattr(b, "_compiled_call_impl", None) is not None for b in bodies)
+    assert list(model.state_dict()) == keys
