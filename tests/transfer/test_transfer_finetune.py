@@ -137,6 +137,14 @@ def test_init_from_an_mcl_pretraining_checkpoint_takes_backbone_fpn_and_head_con
     assert torch.equal(model.state_dict()["roi_heads.box_head.3.0.weight"],
                        online["model.online.neck.convs.3.0.weight"])
 
+    partial = build_detector("resnet18", 5)
+    fresh = partial.state_dict()["roi_heads.box_head.3.0.weight"].clone()
+    report = load_initial_weights(partial, str(path), parts=["backbone.body", "backbone.fpn"])
+    assert report.loaded["backbone.fpn"] == (48, 48) and report.loaded["roi_heads.box_head"] == (0, 26)
+    assert torch.equal(partial.state_dict()["roi_heads.box_head.3.0.weight"], fresh)   # left out: stays random
+    with pytest.raises(UserError, match="model.init_parts"):
+        load_initial_weights(build_detector("resnet18", 5), str(path), parts=["backbone"])
+
 
 @pytest.fixture(scope="module")
 def synthetic_run(tmp_path_factory):

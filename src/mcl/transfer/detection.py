@@ -188,7 +188,7 @@ def read_init_state_dict(path: Path) -> tuple[dict, str, str]:
     return state, "", f"detector state dict {path}"
 
 
-def load_initial_weights(model: nn.Module, init: str | None) -> InitReport:
+def load_initial_weights(model: nn.Module, init: str | None, parts: list[str] | None = None) -> InitReport:
     """Load ``init`` into ``model`` (non-strict) and return a report of what was loaded per part.
 
     ``init``: None/"random" (nothing loaded), "torchvision" (local ImageNet ResNet of the body's depth),
@@ -197,6 +197,9 @@ def load_initial_weights(model: nn.Module, init: str | None) -> InitReport:
     """
     own = model.state_dict()
     totals = Counter(_part(k) for k in own)
+    unknown = sorted(set(parts or []) - set(REPORT_PARTS))
+    if unknown:
+        raise UserError(f"model.init_parts {unknown}: choose from {', '.join(REPORT_PARTS)}")
     if init in (None, "", "none", "random"):
         return InitReport("random init (no weights loaded)", {p: (0, totals[p]) for p in (*REPORT_PARTS, "other")},
                           random_init=list(own))
@@ -216,7 +219,7 @@ def load_initial_weights(model: nn.Module, init: str | None) -> InitReport:
     matched = {}
     for file_key, value in state.items():
         key = prefix + file_key
-        if key not in own:
+        if key not in own or (parts is not None and _part(key) not in parts):
             report.unused.append(file_key)
         elif value.shape != own[key].shape:
             if key.startswith(_CLASS_DEPENDENT):

@@ -52,6 +52,7 @@ class ModelConfig:
 
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
     init: str | None = None  # mcl checkpoint, exported/torchvision state dict, "torchvision", or null (random)
+    init_parts: list[str] | None = None  # load only these of backbone.body, backbone.fpn, roi_heads.box_head
     masks: bool | Literal["auto"] = "auto"  # auto: Mask R-CNN if the train json has segmentations
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
