@@ -50,7 +50,8 @@ class DemoPlan:
     train: int = 64
     val: int = 32
     scene_size: int = 128
-    pretrain_overrides: tuple[str, ...] = ()
+    pretrain_overrides: tuple[str, ...] = ()      # MCL's recipe
+    moco_overrides: tuple[str, ...] = ()          # MoCo v2's recipe
     finetune_overrides: tuple[str, ...] = ()
 
 
@@ -66,6 +67,7 @@ PLANS = {
                      pretrain_overrides=("data.batch_size=32", "data.num_workers=0", "data.crop_size=32",
                                          "model.cell_size=1", "montage.ratios=[1,2]", "montage.repeats=[1,1]",
                                          "loss.level_weights=[0.5,0.5]"),
+                     moco_overrides=("data.batch_size=32", "data.num_workers=0"),
                      finetune_overrides=(SCENE_ANCHORS, "input.train_min_sizes=[64]", "input.test_min_size=64",
                                          "input.max_size=96", "data.num_workers=0")),
 }
@@ -130,11 +132,7 @@ def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say) -> dict:
             f"trainer.seed={seed}", f"data.synthetic_seed={1000 + seed}", f"data.synthetic_num={plan.unlabeled}",
             f"data.synthetic_size={plan.scene_size}", "trainer.progress_bar=false",
             f"trainer.checkpoint_every_steps={max(plan.pretrain_steps, 1)}", "trainer.log_every_steps=1"]
-    if method == "mcl":
-        args += list(plan.pretrain_overrides)
-    else:
-        args += [o for o in plan.pretrain_overrides if o.split("=")[0].split(".")[0] in ("data", "trainer")
-                 and not o.startswith("data.crop_size")]
+    args += list(plan.pretrain_overrides if method == "mcl" else plan.moco_overrides)
     seconds = _run(_mcl(command, *args), out / f"seed{seed}" / f"pretrain_{method}.log", say)
     first, last = _loss_ends(folder / "logs" / "metrics.csv")
     record = {"checkpoint": str(folder / "last.ckpt"), "seconds": seconds, "steps": plan.pretrain_steps,

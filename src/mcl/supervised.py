@@ -227,7 +227,6 @@ class SupervisedPretrainModule(PretrainBase):
         self.save_hyperparameters({"config": config})
         self.cfg: SupervisedConfig = from_dict(SupervisedConfig, config)
         self.model = build_model(self.cfg)
-        self._last_logged_step = 0
 
     def trainable(self) -> nn.Module:
         return self.model
@@ -240,11 +239,6 @@ class SupervisedPretrainModule(PretrainBase):
             self.log(f"train/loss_level{i}", level.loss, batch_size=bs)
             self.log(f"train/acc_level{i}", level.accuracy, prog_bar=i == 0, batch_size=bs)
         return out.loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.trainer.global_step > self._last_logged_step:
-            self._last_logged_step = self.trainer.global_step
-            self.log_schedule()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mcl_format"] = FORMAT_TAG

@@ -146,6 +146,7 @@ class PretrainBase(L.LightningModule):
 
     model: nn.Module
     guard: NonFiniteGuard | None = None
+    _last_logged_step: int = 0       # the optimizer step whose schedule was last logged
 
     def trainable(self) -> nn.Module:
         raise NotImplementedError
@@ -229,6 +230,16 @@ class PretrainBase(L.LightningModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
         self.log("train/global_step", float(self.trainer.global_step), batch_size=1)
 
+    def log_step_extras(self) -> None:
+        """Per-optimizer-step figures of a method, logged beside the schedule (none by default)."""
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """Once per optimizer step (not per accumulated batch): the method's extras and the schedule."""
+        if self.trainer.global_step > self._last_logged_step:
+            self._last_logged_step = self.trainer.global_step
+            self.log_step_extras()
+            self.log_schedule()
+
     def on_train_epoch_end(self) -> None:
         report = getattr(self, "skip_report", None)
         if report is not None and report.count:
@@ -246,7 +257,6 @@ class MCLPretrainModule(PretrainBase):
         self.views_on_device = build_device_views(self.cfg)     # data.augment_on=device: crops made in the step
         self.skip_report: SkipReport | None = None
         self._last_ema_step = 0
-        self._last_logged_step = 0
         self._momentum = cosine_momentum(0, 1, self.cfg.model.momentum_base)
         self._step_timer: float | None = None
 
@@ -274,11 +284,8 @@ class MCLPretrainModule(PretrainBase):
         gated_ema_update(self.model.target, self.model.online, self._momentum, ok)
         self._last_ema_step = step
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.trainer.global_step > self._last_logged_step:
-            self._last_logged_step = self.trainer.global_step
-            self.log("train/momentum", self._momentum, batch_size=1)
-            self.log_schedule()
+    def log_step_extras(self) -> None:
+        self.log("train/momentum", self._momentum, batch_size=1)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mcl_last_ema_step"] = self._last_ema_step

@@ -82,11 +82,6 @@ class MoCoPretrainModule(PretrainBase):
         gated_ema_update(self.model.target, self.model.online, self.cfg.model.momentum, ok)
         self._last_ema_step = self.trainer.global_step + 1
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.trainer.global_step > getattr(self, "_last_logged_step", 0):
-            self._last_logged_step = self.trainer.global_step
-            self.log_schedule()
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mcl_last_ema_step"] = self._last_ema_step
         checkpoint["mcl_format"] = FORMAT_TAG
