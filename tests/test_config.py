@@ -28,6 +28,14 @@ def test_both_override_forms():
     assert parse_overrides(["a.b-c=x"]) == {"a": {"b_c": "x"}}
 
 
+def test_exponent_floats_without_a_dot_are_numbers():
+    """YAML 1.1 reads 1e-4 as a string; a float key takes it as the number everyone means."""
+    cfg = load_config(PretrainConfig, "cpu_smoke", ["optim.weight_decay=1e-4", "optim.min_lr=2E-6"])
+    assert cfg.optim.weight_decay == 1e-4 and cfg.optim.min_lr == 2e-6
+    with pytest.raises(ConfigError, match="optim.weight_decay: '1e-4x' should be a number"):
+        load_config(PretrainConfig, None, ["optim.weight_decay=1e-4x"])
+
+
 def test_unknown_key_and_wrong_type_are_named():
     with pytest.raises(ConfigError, match="unknown config key optim.lr "):
         load_config(PretrainConfig, None, ["optim.lr=1"])

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mcl.demo import PLANS, aggregate, parse_methods, plot, render_table, seeds_from
+from mcl.demo import PLANS, aggregate, default_jobs, parse_methods, plot, render_table, seeds_from
 from mcl.errors import UserError
 
 
@@ -59,6 +59,49 @@ def test_bad_methods_and_seeds_are_refused():
     assert seeds_from(3, 5) == [5, 6, 7]
 
 
+def test_stages_run_side_by_side_and_each_fine_tune_follows_its_own_pretraining(tmp_path, monkeypatch):
+    """Scheduling with the stages stubbed: random init's fine-tune starts at once, a pretrained one only after
+    its own pretraining, with at most ``jobs`` stages running; a failing stage stops the rest."""
+    import threading
+    import time
+
+    import mcl.demo as demo
+
+    events, running, peak, lock = [], [0], [0], threading.Lock()
+
+    def stage(name, seconds, result):
+        with lock:
+            events.append(("start", name))
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(seconds)
+        with lock:
+            events.append(("end", name))
+            running[0] -= 1
+        if name == "pretrain_broken":
+            raise UserError("stage failed")
+        return result
+
+    monkeypatch.setattr(demo, "labeled_scenes", lambda *a: {})
+    monkeypatch.setattr(demo, "pretrain", lambda out, method, plan, seed, say, threads:
+                        stage(f"pretrain_{method}", {"mcl": 0.3}.get(method, 0.1), {"checkpoint": method}))
+    monkeypatch.setattr(demo, "finetune", lambda out, init, method, plan, seed, scenes, say, threads:
+                        stage(f"finetune_{method}", 0.1, {"init": init}))
+    runs = demo.run_seed(tmp_path, PLANS["tiny"], 0, ("mcl", "moco", "random"), lambda _: None, jobs=2)
+    assert peak[0] == 2 and list(runs) == ["mcl", "moco", "random"]
+    assert {m: r["finetune"]["init"] for m, r in runs.items()} == {"mcl": "mcl", "moco": "moco", "random": "random"}
+    order = [f"{kind}:{name}" for kind, name in events]
+    for method in ("mcl", "moco"):
+        assert order.index(f"end:pretrain_{method}") < order.index(f"start:finetune_{method}")
+    assert order.index("start:finetune_random") < order.index("end:pretrain_mcl")   # did not wait for MCL
+
+    events.clear()
+    monkeypatch.setattr(demo, "METHOD_LABELS", dict(demo.METHOD_LABELS, broken="broken"))
+    with pytest.raises(UserError, match="stage failed"):
+        demo.run_seed(tmp_path, PLANS["tiny"], 0, ("broken",), lambda _: None, jobs=2)
+    assert ("start", "finetune_broken") not in events
+
+
 def _demo(out, *extra):
     return subprocess.run([sys.executable, "-m", "mcl.cli", "demo", "--tiny", "--methods", "mcl,random",
                            "--out", str(out), *extra], capture_output=True, text=True, timeout=900)
@@ -70,6 +113,7 @@ def test_tiny_demo_runs_every_stage_reuses_them_and_repeats_exactly(tmp_path):
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     summary = json.loads((tmp_path / "a" / "results.json").read_text())
     assert summary["methods"] == ["mcl", "random"] and summary["seeds"] == [0]
+    assert summary["jobs"] == default_jobs() and set(summary["seed_elapsed_s"]) == {"0"}
     assert (tmp_path / "a" / "results.png").stat().st_size > 0
     assert "AP box" in (tmp_path / "a" / "results.md").read_text()
     runs = summary["per_seed"]["0"]

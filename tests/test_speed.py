@@ -58,3 +58,16 @@ def test_compile_marks_every_resnet_body_and_keeps_state_dict_keys():
     assert applied == ["torch.compile (2 ResNet bodies)"]
     assert all(getattr(b, "_compiled_call_impl", None) is not None for b in bodies)
     assert list(model.state_dict()) == keys
+
+
+def test_the_progress_bar_reads_the_loss_only_every_log_interval(tmp_path):
+    """A tqdm refresh turns the logged loss into a Python float (a host-device sync): once per log interval."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from mcl.config import load_config
+    from mcl.pretrain_config import PretrainConfig
+    from mcl.train import build_trainer
+
+    cfg = load_config(PretrainConfig, "cpu_smoke", ["trainer.log_every_steps=25", "trainer.accelerator=cpu"])
+    bar = next(c for c in build_trainer(cfg, tmp_path).callbacks if isinstance(c, TQDMProgressBar))
+    assert bar.refresh_rate == 25

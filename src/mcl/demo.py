@@ -3,13 +3,17 @@
 For each seed ``s``:
 
 1. **Pretraining data**: ``plan.unlabeled`` embedded synthetic scenes of seed ``1000 + s`` (no labels used).
-2. **Pretraining, equal budget**: MCL (recipe ``cpu_smoke``) and MoCo v2 (``moco_cpu_smoke``) each run
-   ``plan.pretrain_steps`` steps of 32 images (equal epochs: the same unique images seen, the same
-   number of optimizer steps); the wall-clock of each is recorded beside it (MCL's step encodes 8
-   crops per image, MoCo's 2, so MCL costs more per epoch; the table says how much).
+2. **Pretraining, equal budget**: MCL (recipe ``cpu_smoke`` with ``plan.pretrain_overrides``: FPN 128 wide,
+   MoCo's SGD) and MoCo v2 (``moco_cpu_smoke``) each run ``plan.pretrain_steps`` steps of 32 images (equal
+   epochs: the same unique images seen, the same number of optimizer steps, the same optimizer and lr);
+   the wall-clock of each is recorded beside it (MCL's step encodes 8 crops per image, MoCo's 2, so MCL
+   costs more per epoch; the table says how much).
 3. **Transfer**: the same Mask R-CNN R18-FPN recipe (``finetune_cpu_smoke`` with ``plan.finetune_iterations``
-   iterations) from each pretrained checkpoint and from random init, on labeled scenes (``plan.train``
-   scenes of seed ``s``) and scored with pycocotools on ``plan.val`` held-out scenes (seed ``s + 1``).
+   iterations, scene-sized anchors, FPN and heads 128 wide) from each pretrained checkpoint and from
+   random init, on labeled scenes (``plan.train`` scenes of seed ``s``) and scored with pycocotools on
+   ``plan.val`` held-out scenes (seed ``s + 1``).
+
+Stages run ``jobs`` at a time (default 2 on 2+ cores), each a subprocess with its share of the cores.
 
 Every stage runs as its own ``mcl`` subprocess (log in the stage's folder); a stage whose output is
 already complete is reused, so an interrupted demo continues where it stopped. Seeds fix the
@@ -26,7 +30,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -58,29 +64,43 @@ class DemoPlan:
 # Anchors scaled to the 128 px scenes (torchvision's 32..512 are sized for 800 px COCO images: with them
 # most objects here match no anchor, no proposal overlaps an object, and nothing is ever detected).
 SCENE_ANCHORS = "model.anchor_sizes=[8,16,32,64,128]"
+# FPN and head convs 128 wide instead of 256, in MCL's pretraining and in every fine-tune: the 4-conv box
+# and mask heads dominate a CPU fine-tuning step at 256 (0.95 s against 0.38 s per iteration on 2 cores).
+NARROW_FPN = "model.fpn_channels=128"
+# MCL with MoCo v2's optimizer at the same batch (SGD, lr 0.03 at 32 images): cpu_smoke's LARS lr 8 moves
+# the BatchNorm weights and biases (excluded from LARS adaptation, so stepped with the raw lr) so far in
+# 300 steps that ~10% of the channels never pass their ReLU, and every MCL init fine-tuned worse than
+# random (docs/results.md, "Why MCL lost").
+MCL_SGD = ("optim.name=sgd", "optim.base_lr=0.24", "optim.weight_decay=1.0e-4")
+DEMO_MCL = (NARROW_FPN, *MCL_SGD)
+DEMO_FINETUNE = (SCENE_ANCHORS, NARROW_FPN)
 
 PLANS = {
-    "full": DemoPlan("full", pretrain_steps=200, finetune_iterations=600, finetune_overrides=(SCENE_ANCHORS,)),
-    "quick": DemoPlan("quick", pretrain_steps=80, finetune_iterations=300, finetune_overrides=(SCENE_ANCHORS,)),
+    "full": DemoPlan("full", pretrain_steps=600, finetune_iterations=1600, pretrain_overrides=DEMO_MCL,
+                     finetune_overrides=DEMO_FINETUNE),
+    "quick": DemoPlan("quick", pretrain_steps=300, finetune_iterations=800, pretrain_overrides=DEMO_MCL,
+                      finetune_overrides=DEMO_FINETUNE),
     # tests only: seconds, and the figures mean nothing
     "tiny": DemoPlan("tiny", pretrain_steps=3, finetune_iterations=4, unlabeled=64, train=4, val=2, scene_size=64,
-                     pretrain_overrides=("data.batch_size=32", "data.num_workers=0", "data.crop_size=32",
+                     pretrain_overrides=(*DEMO_MCL, "data.batch_size=32", "data.num_workers=0", "data.crop_size=32",
                                          "model.cell_size=1", "montage.ratios=[1,2]", "montage.repeats=[1,1]",
                                          "loss.level_weights=[0.5,0.5]"),
                      moco_overrides=("data.batch_size=32", "data.num_workers=0"),
-                     finetune_overrides=(SCENE_ANCHORS, "input.train_min_sizes=[64]", "input.test_min_size=64",
+                     finetune_overrides=(*DEMO_FINETUNE, "input.train_min_sizes=[64]", "input.test_min_size=64",
                                          "input.max_size=96", "data.num_workers=0")),
 }
 
 
 # ---------------------------------------------------------------------------------------------- stages
 
-def _run(cmd: list[str], log_path: Path, say: Callable[[str], None]) -> float:
-    """Run one ``mcl`` stage as a subprocess (output to ``log_path``); its wall-clock seconds. A failure
-    raises ``UserError`` with the stage's last lines and the log's path."""
+def _run(cmd: list[str], log_path: Path, say: Callable[[str], None], threads: int | None = None) -> float:
+    """Run one ``mcl`` stage as a subprocess (output to ``log_path``, ``threads`` intra-op threads if given);
+    its wall-clock seconds. A failure raises ``UserError`` with the stage's last lines and the log's path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     say("  $ " + " ".join(cmd[2:]))
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), PYTHONUNBUFFERED="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -119,7 +139,7 @@ def labeled_scenes(out: Path, plan: DemoPlan, seed: int, say) -> dict[str, str]:
     return paths
 
 
-def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say) -> dict:
+def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say, threads: int | None = None) -> dict:
     """MCL or MoCo v2 on the unlabeled scenes; returns ``{"checkpoint", "seconds", "loss_first", "loss_last"}``."""
     folder = out / f"seed{seed}" / f"pretrain_{method}"
     record = _stage_record(folder)
@@ -133,7 +153,7 @@ def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say) -> dict:
             f"data.synthetic_size={plan.scene_size}", "trainer.progress_bar=false",
             f"trainer.checkpoint_every_steps={max(plan.pretrain_steps, 1)}", "trainer.log_every_steps=1"]
     args += list(plan.pretrain_overrides if method == "mcl" else plan.moco_overrides)
-    seconds = _run(_mcl(command, *args), out / f"seed{seed}" / f"pretrain_{method}.log", say)
+    seconds = _run(_mcl(command, *args), out / f"seed{seed}" / f"pretrain_{method}.log", say, threads)
     first, last = _loss_ends(folder / "logs" / "metrics.csv")
     record = {"checkpoint": str(folder / "last.ckpt"), "seconds": seconds, "steps": plan.pretrain_steps,
               "loss_first": first, "loss_last": last}
@@ -141,7 +161,8 @@ def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say) -> dict:
     return record
 
 
-def finetune(out: Path, init: str, name: str, plan: DemoPlan, seed: int, scenes: dict, say) -> dict:
+def finetune(out: Path, init: str, name: str, plan: DemoPlan, seed: int, scenes: dict, say,
+             threads: int | None = None) -> dict:
     """The same Mask R-CNN recipe from ``init``; returns ``{"results", "seconds", ...}`` (COCO AP)."""
     folder = out / f"seed{seed}" / f"finetune_{name}"
     record = _stage_record(folder)
@@ -155,7 +176,7 @@ def finetune(out: Path, init: str, name: str, plan: DemoPlan, seed: int, scenes:
             f"schedule.iterations_1x={plan.finetune_iterations}", "schedule.reference_batch=2",
             f"trainer.seed={seed}", "trainer.progress_bar=false",
             f"trainer.checkpoint_every_steps={max(plan.finetune_iterations, 1)}", *plan.finetune_overrides]
-    seconds = _run(_mcl("finetune", *args), out / f"seed{seed}" / f"finetune_{name}.log", say)
+    seconds = _run(_mcl("finetune", *args), out / f"seed{seed}" / f"finetune_{name}.log", say, threads)
     results = json.loads((folder / "eval" / "results.json").read_text())
     record = {"init": init, "seconds": seconds, "iterations": plan.finetune_iterations,
               "final_loss": results.get("train_loss_last"),
@@ -176,30 +197,71 @@ def _loss_ends(csv_path: Path) -> tuple[float | None, float | None]:
 
 # ---------------------------------------------------------------------------------------------- the demo
 
+def run_seed(out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say, jobs: int = 1,
+             threads: int | None = None) -> dict[str, dict]:
+    """One seed's stages, ``jobs`` at a time (each stage a subprocess with ``threads`` threads).
+
+    A fine-tune is queued as soon as its pretraining has finished (random init's at once), so no worker
+    ever waits on another stage.
+    """
+    lock = threading.Lock()
+    shared_say = say
+
+    def say(line: str) -> None:  # stages report from worker threads: one whole line at a time
+        with lock:
+            shared_say(line)
+
+    say(f"seed {seed}: labeled scenes")
+    scenes = labeled_scenes(out, plan, seed, say)
+    runs: dict[str, dict] = {m: {} for m in methods}
+
+    def pretrain_stage(method):
+        say(f"seed {seed}: pretrain {METHOD_LABELS[method]} ({plan.pretrain_steps} steps)")
+        return pretrain(out, method, plan, seed, say, threads)
+
+    def finetune_stage(method, init):
+        say(f"seed {seed}: fine-tune Mask R-CNN from {METHOD_LABELS[method]} ({plan.finetune_iterations} its)")
+        return finetune(out, init, method, plan, seed, scenes, say, threads)
+
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        pending = {pool.submit(pretrain_stage, m): ("pretrain", m) for m in methods if m != "random"}
+        if "random" in methods:
+            pending[pool.submit(finetune_stage, "random", "random")] = ("finetune", "random")
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                stage, method = pending.pop(future)
+                runs[method][stage] = future.result()  # a failed stage raises here; running ones finish first
+                if stage == "pretrain":
+                    init = runs[method]["pretrain"]["checkpoint"]
+                    pending[pool.submit(finetune_stage, method, init)] = ("finetune", method)
+    finally:  # after a failure: let the running stages end (their folders stay consistent), start no more
+        pool.shutdown(wait=True, cancel_futures=True)
+    return runs
+
+
 def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ...] = METHODS,
-             say: Callable[[str], None] = print) -> dict:
-    """Every stage for every seed, then the summary (also written to ``out/results.json``)."""
+             say: Callable[[str], None] = print, jobs: int = 1) -> dict:
+    """Every stage for every seed, then the summary (also written to ``out/results.json``).
+
+    ``jobs`` stages run side by side, each with ``cpus // jobs`` threads (on 2 cores, 2 one-thread stages
+    finish sooner than the same stages one after another with 2 threads each).
+    """
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    per_seed: dict[str, dict] = {}
+    threads = max(1, _cpu_count() // jobs) if jobs > 1 else None
+    per_seed, seed_seconds = {}, {}
     for seed in seeds:
-        say(f"seed {seed}: labeled scenes")
-        scenes = labeled_scenes(out, plan, seed, say)
-        runs: dict[str, dict] = {}
-        for method in methods:
-            if method == "random":
-                continue
-            say(f"seed {seed}: pretrain {METHOD_LABELS[method]} ({plan.pretrain_steps} steps)")
-            runs[method] = {"pretrain": pretrain(out, method, plan, seed, say)}
-        for method in methods:
-            init = "random" if method == "random" else runs[method]["pretrain"]["checkpoint"]
-            say(f"seed {seed}: fine-tune Mask R-CNN from {METHOD_LABELS[method]} ({plan.finetune_iterations} its)")
-            runs.setdefault(method, {})["finetune"] = finetune(out, init, method, plan, seed, scenes, say)
-        per_seed[str(seed)] = runs
+        seed_start = time.perf_counter()
+        per_seed[str(seed)] = run_seed(out, plan, seed, methods, say, jobs, threads)
+        seed_seconds[str(seed)] = time.perf_counter() - seed_start
     summary = {"schema": "mcl-demo/1", "plan": asdict(plan), "seeds": seeds, "methods": list(methods),
                "budget": "equal epochs: each pretraining method runs the same steps at the same batch (32)",
                "per_seed": per_seed, "aggregate": aggregate(per_seed, methods),
-               "elapsed_s": time.perf_counter() - start, "machine": _machine(),
+               "elapsed_s": time.perf_counter() - start, "seed_elapsed_s": seed_seconds,
+               "machine": _machine(), "jobs": jobs,
+               "threads_per_stage": threads,
                "stage_seconds_total": sum(stage["seconds"] for runs in per_seed.values() for run in runs.values()
                                           for stage in run.values())}
     tmp = out / "results.json.tmp"
@@ -294,14 +356,22 @@ def plot(summary: dict, path: Path) -> Path:
     return path
 
 
+def default_jobs() -> int:
+    """2 stages side by side when there are at least 2 cores (the demo's stages are 1-3 processes' work)."""
+    return 2 if _cpu_count() >= 2 else 1
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _machine() -> dict:
     import platform
 
     import torch
 
     return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+            "cpu_count": _cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
 def parse_methods(text: str) -> tuple[str, ...]:

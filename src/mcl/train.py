@@ -305,8 +305,8 @@ def build_trainer(cfg: PretrainConfig, run_dir: Path, extra_callbacks: list[Call
     callbacks: list[Callback] = [ResumeState(),
                                  NonFiniteMonitor(run_dir, t.nonfinite_check_every, t.max_nonfinite_steps),
                                  GracefulStop(t.stop_check_every), checkpoint]
-    if t.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=1))
+    if t.progress_bar:  # the bar reads the logged loss (a host sync) only when it refreshes
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_steps)))
     callbacks += extra_callbacks or []
     loggers = [ResumableCSVLogger(run_dir, name="logs", version="", flush_logs_every_n_steps=t.log_every_steps),
                TensorBoardLogger(run_dir, name="logs", version="")]

@@ -284,3 +284,19 @@ def test_pretrain_reads_shards(tmp_path, tiny_pretrain):
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     ckpt = torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3 and ckpt["epoch"] >= 2              # 40 images, batch 32: one step an epoch
+
+
+def test_moco_pretraining_reads_shards(tmp_path):
+    """MoCo v2 takes the same shard sources as MCL (two crops per sample instead of eight)."""
+    from test_moco_cli import TINY_MOCO
+
+    write_photos(tmp_path / "photos", 20)
+    assert main(["data", "shards", "--src", str(tmp_path / "photos"), "--out", str(tmp_path / "shards"),
+                 "--shard-size", "5"]) == 0
+    run = tmp_path / "run"
+    assert main(["pretrain-moco", "--data", str(tmp_path / "shards"), "--out", str(run), *TINY_MOCO,
+                 "data.shard_shuffle_buffer=4"]) == 0
+    with open(run / "logs" / "metrics.csv") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 3

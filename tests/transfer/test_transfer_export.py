@@ -118,7 +118,7 @@ def test_torchvision_resnet_export_is_a_strict_resnet50_state_dict_without_fc(r5
 def test_resnet18_export_loads_into_the_same_detector_layout(tmp_path):
     path, ckpt_state = write_checkpoint(tmp_path, ["model.arch=resnet18"], seed=1)
     report = export(path, "torchvision-maskrcnn", tmp_path / "r18_maskrcnn.pth")
-    assert report.arch == "resnet18" and "Mask R-CNN v2 (resnet18)" in report.check
+    assert report.arch == "resnet18" and "Mask R-CNN v2 (resnet18, FPN 256)" in report.check
     state = torch.load(tmp_path / "r18_maskrcnn.pth", weights_only=True)
     backbone = _resnet_fpn_extractor(torchvision.models.resnet18(weights=None), 5, norm_layer=nn.BatchNorm2d)
     box_head = FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
@@ -250,9 +250,12 @@ def test_cli_refuses_to_overwrite_without_force(lightning_run, tmp_path, capsys)
     assert ".pkl" in capsys.readouterr().err
 
 
-def test_torchvision_maskrcnn_needs_256_fpn_channels(lightning_run):
-    with pytest.raises(UserError, match="fpn_channels=32"):
-        convert_checkpoint(lightning_run, "torchvision-maskrcnn")
+def test_other_fpn_widths_export_to_the_same_layout_at_that_width(lightning_run, tmp_path):
+    """The tiny run's FPN is 32 wide: the export proves itself against a 32-wide detector and says how to build one."""
+    _, report = convert_checkpoint(lightning_run, "torchvision-maskrcnn")
+    assert report.fpn_channels == 32 and any("model.fpn_channels=32" in n for n in report.notes)
+    report = export(lightning_run, "torchvision-maskrcnn", tmp_path / "narrow.pth")
+    assert "FPN 32" in report.check and "fpn_channels=32" in report.usage
 
 
 @pytest.mark.parametrize("kind", ["truncated", "foreign", "text"])

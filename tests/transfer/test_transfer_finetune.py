@@ -51,6 +51,27 @@ def test_layout_is_torchvision_v2_for_every_depth():
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in sync.modules())
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_fpn_channels_set_the_fpn_and_every_head_conv_width(arch):
+    """Same keys as the 256-wide layout; FPN, RPN, box/mask convs and mask predictor at the new width; it runs."""
+    narrow, wide = build_detector(arch, 4, fpn_channels=48), build_detector(arch, 4)
+    assert set(narrow.state_dict()) == set(wide.state_dict())
+    sd = narrow.state_dict()
+    assert sd["backbone.fpn.layer_blocks.3.0.weight"].shape[:2] == (48, 48)
+    assert sd["rpn.head.conv.0.0.weight"].shape[:2] == (48, 48)
+    assert all(sd[f"roi_heads.box_head.{k}.0.weight"].shape[:2] == (48, 48) for k in range(4))
+    assert sd["roi_heads.box_head.5.weight"].shape == (1024, 48 * 49)
+    assert sd["roi_heads.mask_head.3.0.weight"].shape[:2] == (48, 48)
+    assert sd["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[:2] == (4, 48)
+    assert sd["roi_heads.box_predictor.cls_score.weight"].shape == (4, 1024)
+    narrow.eval()
+    with torch.no_grad():
+        out = narrow([torch.rand(3, 64, 64)])
+    assert set(out[0]) == {"boxes", "labels", "scores", "masks"}
+    with pytest.raises(UserError, match="fpn_channels 0"):
+        build_detector(arch, 4, fpn_channels=0)
+
+
 def test_anchor_sizes_scale_the_rpn_anchors_and_bad_ones_are_refused():
     """Small scenes need small anchors (torchvision's 32..512 are sized for 800 px COCO images)."""
     small = build_detector("resnet18", num_classes=3, anchor_sizes=[8, 16, 32, 64, 128], box_score_thresh=0.01)

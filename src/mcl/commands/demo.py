@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mcl.errors import UserError
+
 NAME = "demo"
 HELP = ("The paper's comparison at toy scale: pretrain MCL and MoCo v2 (equal epochs), fine-tune Mask R-CNN "
         "from each and from random init, print and save the AP table and a bar chart.")
@@ -22,19 +24,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     parser.add_argument("--methods", default="mcl,moco,random",
                         help="initialisations to compare, comma-separated (default mcl,moco,random)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="stages run side by side, sharing the CPU cores (default: 2 when there are 2 or more "
+                             "cores, else 1)")
     parser.epilog = "What each stage runs, and the figures measured on 2 CPU cores: docs/results.md."
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from mcl.demo import PLANS, parse_methods, render_table, run_demo, seeds_from
+    from mcl.demo import PLANS, default_jobs, parse_methods, render_table, run_demo, seeds_from
 
     plan = PLANS["tiny" if args.tiny else "quick" if args.quick else "full"]
     seeds = seeds_from(args.seeds, args.first_seed)
     methods = parse_methods(args.methods)
     out = Path(args.out)
+    jobs = default_jobs() if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: give at least 1")
     print(f"mcl demo ({plan.name}): {', '.join(methods)}; seeds {seeds}; pretraining {plan.pretrain_steps} steps "
-          f"x 32 images each, fine-tuning {plan.finetune_iterations} iterations; folder {out}", flush=True)
-    summary = run_demo(out, plan, seeds, methods)
+          f"x 32 images each, fine-tuning {plan.finetune_iterations} iterations; {jobs} stage(s) at a time; "
+          f"folder {out}", flush=True)
+    summary = run_demo(out, plan, seeds, methods, jobs=jobs)
     print("\n" + render_table(summary), flush=True)
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'} and {out / 'results.png'} (this call "
           f"{summary['elapsed_s'] / 60:.1f} min; pretraining and fine-tuning stages "

@@ -20,9 +20,10 @@ from torch import nn
 from torchvision.models.detection import (FasterRCNN, MaskRCNN, fasterrcnn_resnet50_fpn_v2,
                                           maskrcnn_resnet50_fpn_v2)
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, RPNHead, _default_anchorgen
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, RPNHead, _default_anchorgen
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from mcl.checkpoints import AtomicCheckpointIO, atomic_torch_save
@@ -57,15 +58,30 @@ class MultiScaleTransform(GeneralizedRCNNTransform):
         return super().resize(image, target)
 
 
-def _v2_layout(body: nn.Module, num_classes: int, with_masks: bool, **kwargs) -> nn.Module:
-    """``maskrcnn_resnet50_fpn_v2``'s construction around any torchvision ResNet ``body``."""
-    backbone = _resnet_fpn_extractor(body, 5, norm_layer=nn.BatchNorm2d)
+def _v2_layout(body: nn.Module, num_classes: int, with_masks: bool, fpn_channels: int = 256, **kwargs) -> nn.Module:
+    """``maskrcnn_resnet50_fpn_v2``'s construction around any torchvision ResNet ``body``.
+
+    ``fpn_channels`` C sets the FPN width and, with it, every head conv (RPN, the 4 box-head convs, the
+    4 mask-head convs): C = 256 is torchvision's and the paper's; the box head's fc stays 1024.
+    """
+    if fpn_channels == 256:
+        backbone = _resnet_fpn_extractor(body, 5, norm_layer=nn.BatchNorm2d)
+    else:
+        layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
+        widths = [body.inplanes // 8 * 2 ** k for k in range(4)]  # C2..C5 channels: inplanes = C5's
+        backbone = BackboneWithFPN(body, layers, widths, fpn_channels, LastLevelMaxPool(), norm_layer=nn.BatchNorm2d)
+    c = backbone.out_channels
     anchors = kwargs.pop("rpn_anchor_generator", None) or _default_anchorgen()
-    rpn_head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=2)
-    box_head = FastRCNNConvFCHead((backbone.out_channels, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
+    rpn_head = RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=2)
+    box_head = FastRCNNConvFCHead((c, 7, 7), [c] * 4, [1024], norm_layer=nn.BatchNorm2d)
     parts = dict(rpn_anchor_generator=anchors, rpn_head=rpn_head, box_head=box_head, **kwargs)
+    if c != 256:  # torchvision's default predictors assume 256 channels; given explicitly, num_classes goes
+        parts["box_predictor"] = FastRCNNPredictor(1024, num_classes)
+        if with_masks:
+            parts["mask_predictor"] = MaskRCNNPredictor(c, c, num_classes)
+        num_classes = None
     if with_masks:
-        mask_head = MaskRCNNHeads(backbone.out_channels, [256] * 4, 1, norm_layer=nn.BatchNorm2d)
+        mask_head = MaskRCNNHeads(c, [c] * 4, 1, norm_layer=nn.BatchNorm2d)
         return MaskRCNN(backbone, num_classes=num_classes, mask_head=mask_head, **parts)
     return FasterRCNN(backbone, num_classes=num_classes, **parts)
 
@@ -80,23 +96,26 @@ def anchor_generator(sizes) -> AnchorGenerator:
 
 def build_detector(arch: str = "resnet50", num_classes: int = 91, with_masks: bool = True, norm: str = "bn",
                    train_min_sizes=(800,), test_min_size: int = 800, max_size: int = 1333,
-                   anchor_sizes=None, **kwargs) -> nn.Module:
+                   anchor_sizes=None, fpn_channels: int = 256, **kwargs) -> nn.Module:
     """A randomly initialised v2-layout Mask R-CNN (Faster R-CNN if ``not with_masks``); nothing is downloaded.
 
     ``num_classes`` counts the background, as in torchvision (K categories -> K + 1).
     ``norm``: "bn" (trainable BatchNorm everywhere) or "syncbn" (the same, converted to SyncBatchNorm).
+    ``fpn_channels``: FPN and head-conv width (256: torchvision's and the paper's; smaller for CPU demos).
     ``kwargs`` go to torchvision's ``MaskRCNN`` (e.g. ``rpn_post_nms_top_n_train``, ``box_detections_per_img``).
     """
     if norm not in ("bn", "syncbn"):
         raise ValueError(f"norm {norm!r} should be 'bn' or 'syncbn'")
     if anchor_sizes is not None:
         kwargs["rpn_anchor_generator"] = anchor_generator(anchor_sizes)
-    if arch == "resnet50":
+    if fpn_channels < 1:
+        raise UserError(f"model.fpn_channels {fpn_channels}: give a positive width (256 is the paper's)")
+    if arch == "resnet50" and fpn_channels == 256:
         # with no weights torchvision trains all 5 stages and uses plain BatchNorm2d in the body
         builder = maskrcnn_resnet50_fpn_v2 if with_masks else fasterrcnn_resnet50_fpn_v2
         model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
     else:
-        model = _v2_layout(make_resnet(arch), num_classes, with_masks, **kwargs)
+        model = _v2_layout(make_resnet(arch), num_classes, with_masks, fpn_channels, **kwargs)
     model.transform = MultiScaleTransform(train_min_sizes, test_min_size, max_size)
     if norm == "syncbn":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -228,7 +247,7 @@ def load_initial_weights(model: nn.Module, init: str | None, parts: list[str] | 
                 report.unused.append(file_key)
             else:
                 raise UserError(f"init file {path}: {key} has shape {tuple(value.shape)} but the detector needs "
-                                f"{tuple(own[key].shape)} (is model.arch right?)")
+                                f"{tuple(own[key].shape)} (are model.arch and model.fpn_channels the pretraining's?)")
         else:
             matched[key] = value
     if not matched:
@@ -307,7 +326,7 @@ class DetectionFinetuneModule(L.LightningModule):
             rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
             rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
             box_batch_size_per_image=m.box_batch_size_per_image, box_detections_per_img=m.box_detections_per_img,
-            box_score_thresh=m.box_score_thresh, anchor_sizes=m.anchor_sizes)
+            box_score_thresh=m.box_score_thresh, anchor_sizes=m.anchor_sizes, fpn_channels=m.fpn_channels)
         self.val_gt = None
         self.eval_dir: Path | None = None
         self.eval_extra: dict = {}

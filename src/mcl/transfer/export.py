@@ -196,7 +196,8 @@ def _usage(report: ExportReport, out: str) -> str:
                 f"input: RGB in 0-1, normalised by ImageNet mean/std")
     if fmt == "torchvision-maskrcnn":
         build = ("maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=K)"
-                 if arch == "resnet50" else f"mcl.transfer.export.torchvision_detector({arch!r}, K)")
+                 if arch == "resnet50" and report.fpn_channels == 256
+                 else f"mcl.transfer.export.torchvision_detector({arch!r}, K, fpn_channels={report.fpn_channels})")
         return (f"model = {build}\n"
                 f"model.load_state_dict(torch.load({out!r}), strict=False)\n"
                 f"or: mcl finetune --init CKPT (converts on the fly)")
@@ -217,9 +218,6 @@ def convert_checkpoint(path, fmt: str, encoder: str = "online") -> tuple[dict, E
         raise UserError(f"encoder {encoder!r} is unknown: choose online or target")
     state = read_checkpoint(path)
     layout = infer_layout(state, encoder)
-    if fmt == "torchvision-maskrcnn" and layout.fpn_channels not in (None, 256):
-        raise UserError(f"{path} was pretrained with model.fpn_channels={layout.fpn_channels}, but torchvision's "
-                        f"Mask R-CNN has 256 FPN channels: export --format torchvision-resnet (backbone only)")
     items = plan(state, fmt, encoder, layout)
     parts = ("backbone",) if fmt == "torchvision-resnet" or layout.fpn_channels is None else PARTS
     report = ExportReport(str(path), fmt, encoder, layout.arch, exported=dict.fromkeys(parts, 0),
@@ -238,6 +236,9 @@ def convert_checkpoint(path, fmt: str, encoder: str = "online") -> tuple[dict, E
             raise RuntimeError(f"export renaming collision: two tensors named {name!r}")
         result[name] = state[src]
         report.exported[part] += 1
+    if fmt == "torchvision-maskrcnn" and layout.fpn_channels not in (None, 256):
+        report.notes.append(f"FPN width {layout.fpn_channels} (torchvision's stock Mask R-CNN has 256): build the "
+                            f"detector with mcl finetune model.fpn_channels={layout.fpn_channels}")
     if fmt != "torchvision-resnet" and layout.fpn_channels is None:
         report.notes.append("backbone-only checkpoint (no FPN, no neck): the FPN and all box-head convs stay fresh")
     elif fmt != "torchvision-resnet" and layout.neck_convs < HEAD_CONVS:
@@ -251,22 +252,11 @@ def convert_checkpoint(path, fmt: str, encoder: str = "online") -> tuple[dict, E
 
 # ---------------------------------------------------------------- the proof
 
-def torchvision_detector(arch: str = "resnet50", num_classes: int = 91) -> nn.Module:
-    """A random ``maskrcnn_resnet50_fpn_v2`` (other depths: the same layout around ``torchvision.models.{arch}``)."""
-    from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn_v2
-    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, RPNHead, _default_anchorgen
-    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+def torchvision_detector(arch: str = "resnet50", num_classes: int = 91, fpn_channels: int = 256) -> nn.Module:
+    """A random ``maskrcnn_resnet50_fpn_v2`` (other depths or FPN widths: the same layout, ``build_detector``)."""
+    from mcl.transfer.detection import build_detector  # detection imports this module
 
-    if arch == "resnet50":
-        return maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes)
-    backbone = _resnet_fpn_extractor(getattr(torchvision.models, arch)(weights=None), 5, norm_layer=nn.BatchNorm2d)
-    anchors = _default_anchorgen()
-    c = backbone.out_channels
-    return MaskRCNN(backbone, num_classes=num_classes, rpn_anchor_generator=anchors,
-                    rpn_head=RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=2),
-                    box_head=FastRCNNConvFCHead((c, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d),
-                    mask_head=MaskRCNNHeads(c, [256] * 4, 1, norm_layer=nn.BatchNorm2d))
+    return build_detector(arch, num_classes, fpn_channels=fpn_channels)
 
 
 def _counters(keys) -> set[str]:
@@ -274,7 +264,7 @@ def _counters(keys) -> set[str]:
 
 
 def verify_torchvision(state: dict[str, Tensor], arch: str, fmt: str, head_convs: int = HEAD_CONVS,
-                       has_fpn: bool = True) -> str:
+                       has_fpn: bool = True, fpn_channels: int = 256) -> str:
     """Load ``state`` into the real torchvision model and prove it covers exactly what it should.
 
     ``state`` must hold exactly the model's keys in the covered parts (ResNet body; for Mask R-CNN also the
@@ -285,7 +275,8 @@ def verify_torchvision(state: dict[str, Tensor], arch: str, fmt: str, head_convs
     if fmt == "torchvision-resnet":
         model, name, covered = getattr(torchvision.models, arch)(weights=None), f"torchvision {arch}", None
     else:
-        model, name = torchvision_detector(arch, num_classes=2), f"torchvision Mask R-CNN v2 ({arch})"
+        model = torchvision_detector(arch, num_classes=2, fpn_channels=fpn_channels)
+        name = f"torchvision Mask R-CNN v2 ({arch}, FPN {fpn_channels})"
         covered = ("backbone.body.",) + (("backbone.fpn.",) if has_fpn else ()) + tuple(f"roi_heads.box_head.{k}." for k in range(head_convs))
     own = model.state_dict()
     fresh = {k for k in own if (k.startswith("fc.") if covered is None else not k.startswith(covered))}
@@ -369,7 +360,8 @@ def export(path, fmt: str, out, encoder: str = "online", force: bool = False) ->
         write_atomic(outputs[1], lambda f: f.write(text.encode()))
         report.extra_files.append(str(outputs[1]))
     else:
-        report.check = verify_torchvision(payload, report.arch, fmt, report.head_convs, report.has_fpn)
+        report.check = verify_torchvision(payload, report.arch, fmt, report.head_convs, report.has_fpn,
+                                          report.fpn_channels)
         write_atomic(out, lambda f: torch.save(payload, f))
     report.out = str(out)
     report.usage = _usage(report, str(out.resolve()) if fmt == "detectron2" else str(out))

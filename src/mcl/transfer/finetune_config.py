@@ -62,6 +62,11 @@ class ModelConfig:
     box_detections_per_img: int = 100
     box_score_thresh: float = 0.05  # detections scored below are dropped before AP (torchvision, detectron2)
     anchor_sizes: list[int] | None = None  # one per P2..P6; None: torchvision's 32, 64, 128, 256, 512
+    fpn_channels: int = 256  # FPN and head-conv width (paper: 256); must match the pretraining's to transfer
+
+    def __post_init__(self):
+        if self.fpn_channels < 1:
+            raise ValueError(f"model.fpn_channels: {self.fpn_channels} should be a positive width (paper: 256)")
 
 
 @dataclass
