@@ -15,7 +15,8 @@ import torch
 import torchvision
 
 sys.path.insert(0, "src")
-from mcl.nonfinite import NonFiniteGuard, gated_ema_update  # noqa: E402
+from mcl.models.ema import ema_update  # noqa: E402
+from mcl.nonfinite import NonFiniteGuard  # noqa: E402
 from mcl.optim import build_optimizer  # noqa: E402
 
 DEV, BATCH, SIDE = "cuda", 64, 224
@@ -44,7 +45,7 @@ def step(online, target, opt, x, guard, step_no):
     torch.nn.utils.clip_grad_norm_(online.parameters(), 500.0, foreach=True)
     opt.step()
     ok = guard.restore() if guard is not None else None
-    gated_ema_update(target, online, 0.99, ok)
+    ema_update(target, online, 0.99, ok)
 
 
 def snapshot(online, target, opt):

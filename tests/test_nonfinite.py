@@ -7,7 +7,7 @@ from torch import nn
 
 from mcl.cli import main
 from mcl.models.ema import ema_update
-from mcl.nonfinite import INJECT_ENV, NonFiniteGuard, gated_ema_update, injected_steps
+from mcl.nonfinite import INJECT_ENV, NonFiniteGuard, injected_steps
 from mcl.optim import build_optimizer
 from runs import SMALL_PRETRAIN, differences, load, read_losses
 
@@ -75,9 +75,9 @@ def test_gated_ema_update():
     online, target = nn.Linear(3, 3), nn.Linear(3, 3)
     reference = nn.Linear(3, 3)
     reference.load_state_dict(target.state_dict())
-    gated_ema_update(target, online, 0.99, torch.tensor(False))
+    ema_update(target, online, 0.99, torch.tensor(False))
     assert all(torch.equal(a, b) for a, b in zip(target.parameters(), reference.parameters()))
-    gated_ema_update(target, online, 0.99, torch.tensor(True))
+    ema_update(target, online, 0.99, torch.tensor(True))
     ema_update(reference, online, 0.99)
     assert all(torch.equal(a, b) for a, b in zip(target.parameters(), reference.parameters()))
 

@@ -3,7 +3,8 @@
 Per optimizer step, on the device: ``ok = isfinite(loss) & all gradients finite`` (with several
 processes, gradients only: they are all-reduced, so every process takes the same decision). The
 parameters, the optimizer state and the model's buffers (BN statistics, MoCo's queue) are copied
-before the step and put back with ``torch.where(ok, new, old)`` after it; the EMA target update is
+before the step and put back with ``torch.where(ok, new, old)`` after it; the EMA target update
+(``mcl.models.ema.ema_update(..., ok)``) is
 weighted by ``ok``. A skipped step therefore changes nothing but the step counter (and the lr
 schedule, which follows the step counter).
 
@@ -46,20 +47,6 @@ def grads_finite(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     if not grads:
         return None
     return torch.isfinite(torch.stack(torch._foreach_norm(grads, ord=float("inf")))).all()
-
-
-@torch.no_grad()
-def gated_ema_update(target: nn.Module, online: nn.Module, momentum: float, ok: torch.Tensor | None) -> None:
-    """``target <- m target + (1 - m) online`` where ``ok``, unchanged elsewhere (``ok=None``: always)."""
-    t_params = list(target.parameters())
-    o_params = [p.detach() for p in online.parameters()]
-    if len(t_params) != len(o_params):
-        raise ValueError("target and online encoders have different parameter lists")
-    if ok is None:
-        torch._foreach_lerp_(t_params, o_params, 1.0 - momentum)
-    else:                                # one 0-d weight per tensor: the overload every torch >= 2.1 has
-        weight = ok.to(t_params[0].dtype) * (1.0 - momentum)
-        torch._foreach_lerp_(t_params, o_params, [weight] * len(t_params))
 
 
 class NonFiniteGuard:

@@ -31,9 +31,9 @@ from mcl.data.synthetic import SyntheticScenes
 from mcl.data.device_views import CanvasCollate, CanvasImage, DeviceMultiCropViews, canvas_side
 from mcl.data.views import MultiCropViews
 from mcl.errors import UserError
-from mcl.models.ema import cosine_momentum
+from mcl.models.ema import cosine_momentum, ema_update
 from mcl.models.mcl import MCL
-from mcl.nonfinite import NonFiniteGuard, NonFiniteMonitor, gated_ema_update, injected_steps
+from mcl.nonfinite import NonFiniteGuard, NonFiniteMonitor, injected_steps
 from mcl.optim import build_optimizer, scaled_lr, warmup_cosine_factor
 from mcl.preemption import GracefulStop
 from mcl.pretrain_config import PretrainConfig
@@ -281,7 +281,7 @@ class MCLPretrainModule(PretrainBase):
         """The EMA target update of step k = global_step + 1 (none where the step was skipped)."""
         step = self.trainer.global_step + 1
         self._momentum = cosine_momentum(step, self.total_steps(), self.cfg.model.momentum_base)
-        gated_ema_update(self.model.target, self.model.online, self._momentum, ok)
+        ema_update(self.model.target, self.model.online, self._momentum, ok)
         self._last_ema_step = step
 
     def log_step_extras(self) -> None:

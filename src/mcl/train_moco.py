@@ -23,9 +23,9 @@ from mcl.data.moco_views import TwoCropViews
 from mcl.data.shards import open_shards, wants_shards
 from mcl.data.sources import ImageDataset, collate_views, list_images
 from mcl.data.synthetic import SyntheticScenes
+from mcl.models.ema import ema_update
 from mcl.models.moco import MoCo
 from mcl.moco_config import MoCoConfig
-from mcl.nonfinite import gated_ema_update
 from mcl.optim import scaled_lr
 from mcl.train import DatasetModule, PretrainBase
 
@@ -84,7 +84,7 @@ class MoCoPretrainModule(PretrainBase):
 
     def after_optimizer_step(self, ok) -> None:
         """The key-encoder EMA, right after the step (none where ``mcl.nonfinite`` undid the step)."""
-        gated_ema_update(self.model.target, self.model.online, self.cfg.model.momentum, ok)
+        ema_update(self.model.target, self.model.online, self.cfg.model.momentum, ok)
         self._last_ema_step = self.trainer.global_step + 1
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

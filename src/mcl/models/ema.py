@@ -23,10 +23,18 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.99) -> float:
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """``target <- m * target + (1 - m) * online`` over matching parameters, in place, one fused call."""
+def ema_update(target: nn.Module, online: nn.Module, momentum: float, ok: torch.Tensor | None = None) -> None:
+    """``target <- m * target + (1 - m) * online`` over matching parameters, in place, one fused call.
+
+    ``ok`` (0-d bool on the device, from ``mcl.nonfinite``): update only where it is True, decided on the
+    device with no host sync; None: always.
+    """
     t_params = [p for p in target.parameters()]
     o_params = [p.detach() for p in online.parameters()]
     if len(t_params) != len(o_params):
         raise ValueError("target and online encoders have different parameter lists")
-    torch._foreach_lerp_(t_params, o_params, 1.0 - momentum)
+    if ok is None:
+        torch._foreach_lerp_(t_params, o_params, 1.0 - momentum)
+    else:                                # one 0-d weight per tensor: the overload every torch >= 2.1 has
+        weight = ok.to(t_params[0].dtype) * (1.0 - momentum)
+        torch._foreach_lerp_(t_params, o_params, [weight] * len(t_params))
