@@ -71,18 +71,22 @@ def build_device_views(cfg: PretrainConfig) -> DeviceMultiCropViews | None:
                                 crops_per_view=len(cfg.montage.ratios))
 
 
+def open_image_source(d, transform, max_side: int, seed: int) -> Dataset:
+    """``data.source`` as a dataset of ``transform(image)``: the embedded synthetic scenes (no source), tar
+    shards (``data.format``) or image files (folder, COCO json, ``.txt`` list); decoded at most ``max_side``."""
+    if d.source is None:
+        return SyntheticScenes(num=d.synthetic_num, seed=d.synthetic_seed, size=d.synthetic_size, transform=transform)
+    if wants_shards(d.source, d.format):
+        return open_shards(d.source, transform, max_side=max_side, seed=seed, shuffle_buffer=d.shard_shuffle_buffer)
+    return ImageDataset(list_images(d.source, d.image_root), transform, max_side=max_side, source_name=str(d.source))
+
+
 def build_dataset(cfg: PretrainConfig):
     """The configured image source (or the embedded synthetic scenes), yielding 8-crop samples."""
     views = build_views(cfg)
     d = cfg.data
     max_side = d.max_image_side if d.augment_on == "loader" else min(d.max_image_side, views.side)
-    if d.source is None:
-        return SyntheticScenes(num=d.synthetic_num, seed=d.synthetic_seed, size=d.synthetic_size, transform=views)
-    if wants_shards(d.source, d.format):
-        return open_shards(d.source, views, max_side=max_side, seed=cfg.trainer.seed,
-                           shuffle_buffer=d.shard_shuffle_buffer)
-    paths = list_images(d.source, d.image_root)
-    return ImageDataset(paths, views, max_side=max_side, source_name=str(d.source))
+    return open_image_source(d, views, max_side, cfg.trainer.seed)
 
 
 class DatasetModule(L.LightningDataModule):

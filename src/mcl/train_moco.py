@@ -20,14 +20,12 @@ from torch.utils.data import Dataset
 from mcl.checkpoints import FORMAT_TAG
 from mcl.config import from_dict
 from mcl.data.moco_views import TwoCropViews
-from mcl.data.shards import open_shards, wants_shards
-from mcl.data.sources import ImageDataset, collate_views, list_images
-from mcl.data.synthetic import SyntheticScenes
+from mcl.data.sources import collate_views
 from mcl.models.ema import ema_update
 from mcl.models.moco import MoCo
 from mcl.moco_config import MoCoConfig
 from mcl.optim import scaled_lr
-from mcl.train import DatasetModule, PretrainBase
+from mcl.train import DatasetModule, PretrainBase, open_image_source
 
 
 # ---------------------------------------------------------------- MoCo
@@ -42,14 +40,7 @@ def build_moco_dataset(cfg: MoCoConfig) -> Dataset:
     """The configured image source (files, tar shards, or the embedded synthetic scenes), yielding two MoCo v2
     crops per image."""
     views = TwoCropViews(cfg.data.crop_size, tuple(cfg.data.crop_scale))
-    d = cfg.data
-    if d.source is None:
-        return SyntheticScenes(num=d.synthetic_num, seed=d.synthetic_seed, size=d.synthetic_size, transform=views)
-    if wants_shards(d.source, d.format):
-        return open_shards(d.source, views, max_side=d.max_image_side, seed=cfg.trainer.seed,
-                           shuffle_buffer=d.shard_shuffle_buffer)
-    return ImageDataset(list_images(d.source, d.image_root), views, max_side=d.max_image_side,
-                        source_name=str(d.source))
+    return open_image_source(cfg.data, views, cfg.data.max_image_side, cfg.trainer.seed)
 
 
 def moco_datamodule(cfg: MoCoConfig) -> DatasetModule:
