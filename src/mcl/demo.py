@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from mcl.checkpoints import write_atomic
 from mcl.errors import UserError
 
 METHODS = ("mcl", "moco", "random")
@@ -120,10 +121,12 @@ def _stage_record(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _write_json(path: Path, obj: dict) -> None:
+    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
 def _save_record(folder: Path, record: dict) -> None:
-    tmp = folder / "stage.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, folder / "stage.json")
+    _write_json(folder / "stage.json", record)
 
 
 def labeled_scenes(out: Path, plan: DemoPlan, seed: int, say) -> dict[str, str]:
@@ -191,7 +194,8 @@ def _loss_ends(csv_path: Path) -> tuple[float | None, float | None]:
 
     if not csv_path.is_file():
         return None, None
-    losses = [float(r["train/loss"]) for r in csv.DictReader(open(csv_path)) if r.get("train/loss")]
+    with open(csv_path, newline="") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     return (losses[0], losses[-1]) if losses else (None, None)
 
 
@@ -245,8 +249,7 @@ def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ..
              say: Callable[[str], None] = print, jobs: int = 1) -> dict:
     """Every stage for every seed, then the summary (also written to ``out/results.json``).
 
-    ``jobs`` stages run side by side, each with ``cpus // jobs`` threads (on 2 cores, 2 one-thread stages
-    finish sooner than the same stages one after another with 2 threads each).
+    ``jobs`` stages run side by side, each with ``cpus // jobs`` threads (on 2 cores: two one-thread stages).
     """
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -264,9 +267,7 @@ def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ..
                "threads_per_stage": threads,
                "stage_seconds_total": sum(stage["seconds"] for runs in per_seed.values() for run in runs.values()
                                           for stage in run.values())}
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "results.json")
+    _write_json(out / "results.json", summary)
     (out / "results.md").write_text(render_table(summary, markdown=True) + "\n")
     plot(summary, out / "results.png")
     return summary
@@ -349,10 +350,8 @@ def plot(summary: dict, path: Path) -> Path:
                                                               else f"seed {seeds[0]}"), fontsize=10)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

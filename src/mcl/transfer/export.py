@@ -26,9 +26,7 @@ Formats:
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +35,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from mcl.checkpoints import write_atomic
 from mcl.errors import UserError
 from mcl.transfer.detectron2_names import detectron2_config, to_detectron2
 
@@ -318,19 +317,6 @@ class _PortablePickler(pickle.Pickler):
             arr = np.ascontiguousarray(obj, dtype="<f4")
             return np.ndarray, (arr.shape, "<f4", bytearray(arr.tobytes()))
         return NotImplemented
-
-
-def write_atomic(out: Path, write) -> None:
-    """``write(file)`` into a temporary file beside ``out``, then rename it to ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def detectron2_yaml_path(out: Path) -> Path:
