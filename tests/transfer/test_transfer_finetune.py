@@ -72,6 +72,13 @@ def test_fpn_channels_set_the_fpn_and_every_head_conv_width(arch):
         build_detector(arch, 4, fpn_channels=0)
 
 
+def test_an_init_of_another_fpn_width_is_refused_with_the_width_to_set(tmp_path):
+    path = tmp_path / "narrow.pth"
+    torch.save(build_detector("resnet18", 4, fpn_channels=48).state_dict(), path)
+    with pytest.raises(UserError, match=r"backbone\.fpn\..*\(set model\.fpn_channels=48, the file's FPN width\)"):
+        load_initial_weights(build_detector("resnet18", 4), str(path))
+
+
 def test_anchor_sizes_scale_the_rpn_anchors_and_bad_ones_are_refused():
     """Small scenes need small anchors (torchvision's 32..512 are sized for 800 px COCO images)."""
     small = build_detector("resnet18", num_classes=3, anchor_sizes=[8, 16, 32, 64, 128], box_score_thresh=0.01)

@@ -246,8 +246,10 @@ def load_initial_weights(model: nn.Module, init: str | None, parts: list[str] | 
                                     f"(another class count): kept random")
                 report.unused.append(file_key)
             else:
+                hint = (f"set model.fpn_channels={value.shape[0]}, the file's FPN width"
+                        if key.startswith("backbone.fpn.") else "is model.arch the file's?")
                 raise UserError(f"init file {path}: {key} has shape {tuple(value.shape)} but the detector needs "
-                                f"{tuple(own[key].shape)} (are model.arch and model.fpn_channels the pretraining's?)")
+                                f"{tuple(own[key].shape)} ({hint})")
         else:
             matched[key] = value
     if not matched:
