@@ -3,27 +3,29 @@
 #   1. `mcl bench` at paper mode (ResNet-50, B = 128, 224 px, 4 levels): faithful and efficient, each also
 #      with activation checkpointing; supervised ResNet-50, our MoCo v2 and lightly's MoCo v2 on the same
 #      batch; bf16 autocast + channels_last; FLOPs; data-pipeline rates per core; loader wait at 7 workers.
-#   2. the efficient step with torch.compile'd ResNet bodies (a separate, time-limited run: compiling can be slow).
+#   2. where the step's time goes (benchmarks/profile_step.py): device time by kernel kind, by phase and by model
+#      part, and how busy the GPU is, for faithful, efficient and supervised ResNet-50 at paper mode.
 #   3. a real `mcl pretrain` of a few dozen steps at paper mode on the synthetic scenes through Lightning
 #      (bf16-mixed, channels_last auto), per-image augmentation in loader workers, then the same with
 #      data.augment_on=device when this version has it: the trainer's own img/s and the loss.
+#   4. the efficient step with torch.compile'd ResNet bodies (last and time-limited: compiling can be slow).
 # Each part has its own time limit and writes its own files; a failing part does not stop the others.
 #
 # Usage, from anywhere:   bash benchmarks/gpu_check.sh
 # Environment:
 #   PYTHON=python3           interpreter to use
-#   BENCH_BUDGET=150         seconds for the bench's timing section
+#   BENCH_BUDGET=90          seconds for the bench's timing section
 #   OUT=/some/dir            if set, results and logs are also copied there (the device runner fetches $OUT)
 #   RESULTS=benchmarks/results   where the JSON + markdown go
 #   BENCH_DEVICE=cuda        `cpu` runs the same flow on a CPU with tiny settings, to test this script
-#   PARTS="1 2 3"            which parts to run
+#   PARTS="1 2 3 4"          which parts to run
 # Dependencies: torch, torchvision, lightning, pyyaml, pillow, numpy must import. Wheels in the repository's
 # (git-ignored) `.whl/` folder, e.g. lightly's, are installed with `--no-deps` into /tmp/mcl-site first.
 # mcl itself is used from `src/` (PYTHONPATH) when it is not installed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-BUDGET=${BENCH_BUDGET:-150}
+BUDGET=${BENCH_BUDGET:-90}
 RESULTS=${RESULTS:-benchmarks/results}
 DEVICE=${BENCH_DEVICE:-cuda}
 export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
@@ -58,26 +60,26 @@ fi
 $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 $PY -c "import lightly; print('lightly', lightly.__version__)" 2>/dev/null || echo "lightly: not installed (the peer ratio is skipped)"
 if [ "$DEVICE" = "cpu" ]; then
-  NAME="cpu-check"; SHRINK=(--tiny); PRETRAIN_CFG=cpu_smoke; STEPS=10; PRETRAIN_EXTRA=(data.num_workers=2)
+  NAME="cpu-check"; SHRINK=(--tiny); PROFILE_ARGS=(--tiny --steps 1 --warmup 1); PRETRAIN_CFG=cpu_smoke; STEPS=10; PRETRAIN_EXTRA=(data.num_workers=2)
 else
   $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "torch sees no GPU"; exit 1; }
   NAME=$($PY -c "import re, torch; print(re.sub(r'[^A-Za-z0-9._-]+', '-', torch.cuda.get_device_name(0)).strip('-'))")
-  SHRINK=(--recipe paper_r50_in1k_100ep); PRETRAIN_CFG=paper_r50_in1k_100ep; STEPS=40
+  SHRINK=(--recipe paper_r50_in1k_100ep); PROFILE_ARGS=(--recipe paper_r50_in1k_100ep --precision bf16)
+  PRETRAIN_CFG=paper_r50_in1k_100ep; STEPS=40
   PRETRAIN_EXTRA=(data.num_workers=14 data.synthetic_num=8192 trainer.precision=bf16-mixed trainer.num_nodes=1
                   trainer.strategy=auto)
 fi
 JSON="$RESULTS/bench-$NAME.json"
-PARTS=${PARTS:-1 2 3}
+PARTS=${PARTS:-1 2 3 4}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
-part 1 && echo "== 1. mcl bench (paper mode on $NAME)" && { timeout 300 $PY -m mcl.cli bench --device "$DEVICE" "${SHRINK[@]}" --precision bf16 --channels-last \
+part 1 && echo "== 1. mcl bench (paper mode on $NAME)" && { timeout 240 $PY -m mcl.cli bench --device "$DEVICE" "${SHRINK[@]}" --precision bf16 --channels-last \
   --quick --repeats 10 --budget "$BUDGET" --activation-checkpointing --out "$JSON"
 echo "bench exit status: $?"; }
 
-part 2 && echo "== 2. efficient step with torch.compile" && { timeout 150 $PY -m mcl.cli bench --device "$DEVICE" "${SHRINK[@]}" --precision bf16 --channels-last \
-  --quick --skip-flops --skip-data --no-references --modes efficient --compile --repeats 6 \
-  --out "$RESULTS/bench-$NAME-compile.json" 2>&1 | grep -v -E "^  efficient(\+compile)?: " || true
-echo "compile bench exit status: ${PIPESTATUS[0]}"; }
+part 2 && echo "== 2. where the step's time goes (torch.profiler)" && { timeout 100 $PY benchmarks/profile_step.py \
+  --device "$DEVICE" "${PROFILE_ARGS[@]}" --channels-last --json "$RESULTS/profile-$NAME.json" 2>&1 | grep -v -E "^(USDT|ERROR|WARNING):"
+echo "profile exit status: ${PIPESTATUS[0]}"; }
 
 part 3 && echo "== 3. mcl pretrain through Lightning ($STEPS steps)"
 for AUG in loader device; do
@@ -89,7 +91,7 @@ for AUG in loader device; do
     grep -q augment_on src/mcl/pretrain_config.py || { echo "data.augment_on: not in this version"; continue; }
     AUG_ARG=(data.augment_on=device)
   fi
-  timeout 110 $PY -m mcl.cli pretrain --config "$PRETRAIN_CFG" --out "$RUN" trainer.max_steps=$STEPS \
+  timeout 100 $PY -m mcl.cli pretrain --config "$PRETRAIN_CFG" --out "$RUN" trainer.max_steps=$STEPS \
     trainer.devices=1 model.compute_mode=efficient trainer.progress_bar=false trainer.log_every_steps=5 \
     trainer.checkpoint_every_steps=100000 "${AUG_ARG[@]}" "${PRETRAIN_EXTRA[@]}" > "$LOGDIR/pretrain-$NAME-$AUG.log" 2>&1
   echo "pretrain ($AUG augmentation) exit status: $?"
@@ -102,15 +104,20 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 ips = [float(r["img_per_s"]) for r in rows if r.get("img_per_s")]
 loss = [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
 if ips:
-    print(f"trainer img/s: median {statistics.median(ips):.1f} of the last {min(len(ips), 4)} logged: "
-          f"{[round(x, 1) for x in ips[-4:]]}")
+    print(f"trainer img/s: median {statistics.median(ips):.1f} of {len(ips)} logged values (first step "
+          f"included); all: {[round(x, 1) for x in ips]}")
 if loss:
     print(f"loss: step {loss[0][0]} {loss[0][1]:.3f} -> step {loss[-1][0]} {loss[-1][1]:.3f}")
 EOF
   fi
 done
 
+part 4 && echo "== 4. efficient step with torch.compile" && { timeout 120 $PY -m mcl.cli bench --device "$DEVICE" "${SHRINK[@]}" --precision bf16 --channels-last \
+  --quick --skip-flops --skip-data --no-references --modes efficient --compile --repeats 6 \
+  --out "$RESULTS/bench-$NAME-compile.json" 2>&1 | grep -v -E "^  efficient(\+compile)?: " || true
+echo "compile bench exit status: ${PIPESTATUS[0]}"; }
+
 if [ -n "${OUT:-}" ]; then
-  cp -f "$RESULTS/bench-$NAME".* "$RESULTS/bench-$NAME-compile.json" "$OUT"/ 2>/dev/null || true
+  cp -f "$RESULTS/bench-$NAME".* "$RESULTS/bench-$NAME-compile.json" "$RESULTS/profile-$NAME.json" "$OUT"/ 2>/dev/null || true
 fi
-echo "== done"
+echo "== done in ${SECONDS} s"

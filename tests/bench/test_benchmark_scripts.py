@@ -23,3 +23,25 @@ def test_finetune_step_prints_one_time_per_width():
     assert run.returncode == 0, run.stderr[-2000:]
     lines = [line for line in run.stdout.splitlines() if "fpn_channels=" in line]
     assert len(lines) == 2 and "(1.00 x width 64)" in lines[0]
+
+
+def test_profile_step_splits_the_step_by_phase_and_part(tmp_path):
+    """Every phase and model part is timed, and the efficient forward's neck costs less than the faithful one's."""
+    import json
+
+    out = tmp_path / "profile.json"
+    run = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--device", "cpu", "--tiny", "--warmup", "1",
+                          "--steps", "1", "--no-reference", "--json", str(out)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "efficient / faithful: wall" in run.stdout
+    results = json.loads(out.read_text())["results"]
+    for mode in ("faithful", "efficient"):
+        r = results[mode]
+        assert set(r["by_phase_ms"]) == {"mcl/forward", "mcl/backward", "mcl/clip", "mcl/optimizer", "mcl/ema"}
+        assert all(ms > 0 for ms in r["by_phase_ms"].values())
+        assert 0 < sum(r["forward_by_part_ms"].values()) < r["device_ms_per_step"]
+        assert {"part/online body", "part/online FPN", "part/online neck", "part/target body",
+                "part/predictors"} <= set(r["forward_by_part_ms"])
+    assert (results["efficient"]["forward_by_part_ms"]["part/online neck"]
+            < results["faithful"]["forward_by_part_ms"]["part/online neck"])
