@@ -1,12 +1,15 @@
 """How well a pretrained init can still be fine-tuned: one detector step per init, same scenes, same seed.
 
-Run from the repository root: ``python3 benchmarks/init_health.py CKPT [CKPT ...] [--fpn-channels 128]``.
+Run from the repository root: ``python3 benchmarks/init_health.py CKPT [CKPT ...] [--fpn-channels 128]
+[--rescale-init unit_variance]``.
 Random init is always the first row. For each init (loaded as ``mcl finetune --init`` loads it) into the
 demo's Mask R-CNN R18-FPN, on 4 synthetic 128 px scenes:
 
 - ``grad body`` / ``grad fpn``: norm of the gradient of the summed detector loss w.r.t. the ResNet body's
   and the FPN's weights (train-mode BatchNorm, one forward/backward). A body gradient far below random
   init's means the fine-tune barely moves the backbone at the same learning rate.
+- ``body g/|W|``: the body's gradient norm over its weights' norm, times 1000: how far one SGD step moves
+  it, relative to where it is.
 - ``pre-BN var``: mean over the body's BatchNorm layers of their stored ``running_var``, i.e. the variance
   of the conv outputs during pretraining (random init: 1). BatchNorm divides the backward signal by the
   square root of it, layer after layer.
@@ -44,6 +47,11 @@ def mean_running_var(model: torch.nn.Module, prefix: str) -> float:
     return float(torch.stack(values).mean())
 
 
+def weight_norm(model: torch.nn.Module, prefix: str) -> float:
+    weights = [p.detach() for n, p in model.named_parameters() if n.startswith(prefix) and p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([w.norm() for w in weights])))
+
+
 def grad_norm(model: torch.nn.Module, prefix: str) -> float:
     grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix) and p.grad is not None]
     return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
@@ -53,20 +61,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inits", nargs="*", help="mcl checkpoints or exported files (random init always runs)")
     parser.add_argument("--fpn-channels", type=int, default=128, help="detector FPN width (the demo's: 128)")
+    parser.add_argument("--rescale-init", default="none", choices=("none", "unit_variance"),
+                        help="load as mcl finetune model.rescale_init=... does (default: none, the paper's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         json_path = write_coco_scenes(tmp, 4, seed=0, size=128, split_name="train")
         images, targets = collate([item for item in CocoDetection(json_path, tmp, train=True, flip_prob=0.0)])
-        print(f"{'init':48s} {'grad body':>10s} {'grad fpn':>9s} {'pre-BN var':>10s} {'dead':>10s}")
+        print(f"{'init':48s} {'grad body':>10s} {'grad fpn':>9s} {'body g/|W|':>10s} {'pre-BN var':>10s} "
+              f"{'dead':>10s}")
         for init in ["random", *args.inits]:
             torch.manual_seed(0)
             model = build_detector("resnet18", 8, True, train_min_sizes=(128,), test_min_size=128, max_size=256,
                                    anchor_sizes=[8, 16, 32, 64, 128], fpn_channels=args.fpn_channels)
-            load_initial_weights(model, init)
+            load_initial_weights(model, init, None, args.rescale_init)
             model.train()
             sum(model(images, targets).values()).backward()
             dead, total = dead_channels(model, "backbone")
-            print(f"{init[-48:]:48s} {grad_norm(model, 'backbone.body'):10.3f} {grad_norm(model, 'backbone.fpn'):9.3f} "
+            body = grad_norm(model, "backbone.body")
+            print(f"{init[-48:]:48s} {body:10.3f} {grad_norm(model, 'backbone.fpn'):9.3f} "
+                  f"{1000 * body / weight_norm(model, 'backbone.body'):10.3f} "
                   f"{mean_running_var(model, 'backbone.body'):10.1f} {dead:>5d}/{total}")
     return 0
 

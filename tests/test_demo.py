@@ -135,3 +135,16 @@ def test_tiny_demo_runs_every_stage_reuses_them_and_repeats_exactly(tmp_path):
 def test_plans_are_ordered_by_size():
     assert PLANS["tiny"].pretrain_steps < PLANS["quick"].pretrain_steps < PLANS["full"].pretrain_steps
     assert PLANS["quick"].finetune_iterations < PLANS["full"].finetune_iterations
+
+
+def test_a_stage_is_reused_only_with_the_same_arguments(tmp_path):
+    """A finished stage whose command changed (e.g. a new fine-tuning override) runs again instead of being reused."""
+    import mcl.demo as demo
+
+    args = ["--config", "finetune_cpu_smoke", "model.rescale_init=unit_variance"]
+    (tmp_path / "stage.json").write_text(json.dumps({"seconds": 1.0, "args": args}))
+    assert demo._stage_record(tmp_path, list(args))["seconds"] == 1.0
+    assert demo._stage_record(tmp_path, args[:2]) is None
+    (tmp_path / "stage.json").write_text(json.dumps({"seconds": 1.0}))      # written before args were recorded
+    assert demo._stage_record(tmp_path, args) is None
+    assert demo._stage_record(tmp_path / "missing", args) is None

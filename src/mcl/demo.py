@@ -9,14 +9,16 @@ For each seed ``s``:
    the wall-clock of each is recorded beside it (MCL's step encodes 8 crops per image, MoCo's 2, so MCL
    costs more per epoch; the table says how much).
 3. **Transfer**: the same Mask R-CNN R18-FPN recipe (``finetune_cpu_smoke`` with ``plan.finetune_iterations``
-   iterations, scene-sized anchors, FPN and heads 128 wide) from each pretrained checkpoint and from
+   iterations, scene-sized anchors, FPN and heads 128 wide, loaded convs rescaled to pre-BN variance 1:
+   ``model.rescale_init=unit_variance``) from each pretrained checkpoint and from
    random init, on labeled scenes (``plan.train`` scenes of seed ``s``) and scored with pycocotools on
    ``plan.val`` held-out scenes (seed ``s + 1``).
 
 Stages run ``jobs`` at a time (default 2 on 2+ cores), each a subprocess with its share of the cores.
 
-Every stage runs as its own ``mcl`` subprocess (log in the stage's folder); a stage whose output is
-already complete is reused, so an interrupted demo continues where it stopped. Seeds fix the
+Every stage runs as its own ``mcl`` subprocess (log in the stage's folder); a stage that already finished
+with the same arguments is reused, so an interrupted demo continues where it stopped (a stage whose arguments
+changed runs again). Seeds fix the
 weights, the data order and the augmentations: the same seed gives the same table on the same machine.
 Outputs in ``--out``: ``results.json`` (every figure), ``results.md`` (the table) and ``results.png``
 (bar chart, mean and standard deviation over seeds).
@@ -74,7 +76,11 @@ NARROW_FPN = "model.fpn_channels=128"
 # random (docs/results.md, "Why MCL lost").
 MCL_SGD = ("optim.name=sgd", "optim.base_lr=0.24", "optim.weight_decay=1.0e-4")
 DEMO_MCL = (NARROW_FPN, *MCL_SGD)
-DEMO_FINETUNE = (SCENE_ANCHORS, NARROW_FPN)
+# Every loaded conv scaled per channel to pre-BN variance 1, as at random init (the same function): MCL's
+# pretrained convs have a pre-BN variance of 2 to 60, so BatchNorm divided their fine-tuning gradients by
+# that much, and the MCL backbone barely trained (docs/results.md, "Why MCL lost"). Random init is unchanged.
+UNIT_VARIANCE_INIT = "model.rescale_init=unit_variance"
+DEMO_FINETUNE = (SCENE_ANCHORS, NARROW_FPN, UNIT_VARIANCE_INIT)
 
 PLANS = {
     "full": DemoPlan("full", pretrain_steps=600, finetune_iterations=1600, pretrain_overrides=DEMO_MCL,
@@ -116,9 +122,13 @@ def _mcl(*args: str) -> list[str]:
     return [sys.executable, "-m", "mcl.cli", *args]
 
 
-def _stage_record(folder: Path) -> dict | None:
+def _stage_record(folder: Path, args: list[str]) -> dict | None:
+    """The stage's saved record if it finished with these very ``args`` (else it runs again)."""
     path = folder / "stage.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("args") == args else None
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -145,21 +155,21 @@ def labeled_scenes(out: Path, plan: DemoPlan, seed: int, say) -> dict[str, str]:
 def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say, threads: int | None = None) -> dict:
     """MCL or MoCo v2 on the unlabeled scenes; returns ``{"checkpoint", "seconds", "loss_first", "loss_last"}``."""
     folder = out / f"seed{seed}" / f"pretrain_{method}"
-    record = _stage_record(folder)
-    if record:
-        say(f"  reusing {folder} (done earlier)")
-        return record
-    shutil.rmtree(folder, ignore_errors=True)       # an interrupted stage starts again from scratch
     command, recipe = ("pretrain", "cpu_smoke") if method == "mcl" else ("pretrain-moco", "moco_cpu_smoke")
     args = ["--config", recipe, "--out", str(folder), f"trainer.max_steps={plan.pretrain_steps}",
             f"trainer.seed={seed}", f"data.synthetic_seed={1000 + seed}", f"data.synthetic_num={plan.unlabeled}",
             f"data.synthetic_size={plan.scene_size}", "trainer.progress_bar=false",
             f"trainer.checkpoint_every_steps={max(plan.pretrain_steps, 1)}", "trainer.log_every_steps=1"]
     args += list(plan.pretrain_overrides if method == "mcl" else plan.moco_overrides)
+    record = _stage_record(folder, args)
+    if record:
+        say(f"  reusing {folder} (done earlier with the same arguments)")
+        return record
+    shutil.rmtree(folder, ignore_errors=True)       # an interrupted or changed stage starts again from scratch
     seconds = _run(_mcl(command, *args), out / f"seed{seed}" / f"pretrain_{method}.log", say, threads)
     first, last = _loss_ends(folder / "logs" / "metrics.csv")
     record = {"checkpoint": str(folder / "last.ckpt"), "seconds": seconds, "steps": plan.pretrain_steps,
-              "loss_first": first, "loss_last": last}
+              "loss_first": first, "loss_last": last, "args": args}
     _save_record(folder, record)
     return record
 
@@ -168,22 +178,22 @@ def finetune(out: Path, init: str, name: str, plan: DemoPlan, seed: int, scenes:
              threads: int | None = None) -> dict:
     """The same Mask R-CNN recipe from ``init``; returns ``{"results", "seconds", ...}`` (COCO AP)."""
     folder = out / f"seed{seed}" / f"finetune_{name}"
-    record = _stage_record(folder)
-    if record:
-        say(f"  reusing {folder} (done earlier)")
-        return record
-    shutil.rmtree(folder, ignore_errors=True)
     args = ["--config", "finetune_cpu_smoke", "--init", init, "--out", str(folder),
             "--train-json", scenes["train_json"], "--train-images", scenes["train_images"],
             "--val-json", scenes["val_json"], "--val-images", scenes["val_images"],
             f"schedule.iterations_1x={plan.finetune_iterations}", "schedule.reference_batch=2",
             f"trainer.seed={seed}", "trainer.progress_bar=false",
             f"trainer.checkpoint_every_steps={max(plan.finetune_iterations, 1)}", *plan.finetune_overrides]
+    record = _stage_record(folder, args)
+    if record:
+        say(f"  reusing {folder} (done earlier with the same arguments)")
+        return record
+    shutil.rmtree(folder, ignore_errors=True)
     seconds = _run(_mcl("finetune", *args), out / f"seed{seed}" / f"finetune_{name}.log", say, threads)
     results = json.loads((folder / "eval" / "results.json").read_text())
     record = {"init": init, "seconds": seconds, "iterations": plan.finetune_iterations,
               "final_loss": results.get("train_loss_last"),
-              "results": {t: results[t] for t in ("bbox", "segm") if t in results}}
+              "results": {t: results[t] for t in ("bbox", "segm") if t in results}, "args": args}
     _save_record(folder, record)
     return record
 

@@ -12,8 +12,8 @@ def test_random_init_row_is_the_healthy_reference():
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     row = next(line for line in run.stdout.splitlines() if line.startswith("random"))
-    grad_body, grad_fpn, variance, dead = row.split()[1:]
-    assert float(grad_body) > 0 and float(grad_fpn) > 0
+    grad_body, grad_fpn, relative, variance, dead = row.split()[1:]
+    assert float(grad_body) > 0 and float(grad_fpn) > 0 and float(relative) > 0
     assert float(variance) == 1.0 and dead.startswith("0/")
 
 

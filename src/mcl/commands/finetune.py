@@ -117,7 +117,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     module = DetectionFinetuneModule(to_dict(cfg), list(labels.category_ids), list(labels.names), train_set.with_masks)
     if ckpt_path is None:
-        report = load_initial_weights(module.detector, cfg.model.init, cfg.model.init_parts)
+        report = load_initial_weights(module.detector, cfg.model.init, cfg.model.init_parts, cfg.model.rescale_init)
         say(report, flush=True)
     plan = module.plan(expected_world_size(cfg.trainer), cfg.trainer.accumulate_grad_batches)
     say(plan.describe(), flush=True)

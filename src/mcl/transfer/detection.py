@@ -33,6 +33,7 @@ from mcl.models.backbone import make_resnet
 from mcl.transfer.evaluate import coco_evaluate, format_table, predictions_to_coco, write_results
 from mcl.transfer.export import convert_checkpoint, group
 from mcl.transfer.finetune_config import FinetuneConfig, TrainerConfig, lr_factor, resolve_schedule
+from mcl.transfer.rescale import RESCALE_MODES, conv_bn_pairs, describe_factors, rescale_to_unit_variance
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -207,13 +208,19 @@ def read_init_state_dict(path: Path) -> tuple[dict, str, str]:
     return state, "", f"detector state dict {path}"
 
 
-def load_initial_weights(model: nn.Module, init: str | None, parts: list[str] | None = None) -> InitReport:
+def load_initial_weights(model: nn.Module, init: str | None, parts: list[str] | None = None,
+                         rescale: str = "none") -> InitReport:
     """Load ``init`` into ``model`` (non-strict) and return a report of what was loaded per part.
+
+    ``rescale``: "none" (the paper) or "unit_variance": scale every loaded conv that feeds a BatchNorm so that
+    its pre-BN running variance is 1, as at random init, without changing the function (``mcl.transfer.rescale``).
 
     ``init``: None/"random" (nothing loaded), "torchvision" (local ImageNet ResNet of the body's depth),
     or a file (see ``read_init_state_dict``). A shape mismatch is an error naming the key, except in the
     class-count-dependent predictor layers, which stay random with a note.
     """
+    if rescale not in RESCALE_MODES:
+        raise UserError(f"model.rescale_init={rescale!r}: choose none (the paper) or unit_variance")
     own = model.state_dict()
     totals = Counter(_part(k) for k in own)
     unknown = sorted(set(parts or []) - set(REPORT_PARTS))
@@ -256,6 +263,13 @@ def load_initial_weights(model: nn.Module, init: str | None, parts: list[str] | 
         raise UserError(f"init file {path}: none of its {len(state)} tensors match the detector's keys "
                         f"(first file key: {next(iter(state), 'none')}); is it a detector, ResNet or mcl file?")
     model.load_state_dict(matched, strict=False)
+    if rescale == "unit_variance":
+        loaded = {conv for conv, bn, _, _ in conv_bn_pairs(model)
+                  if f"{conv}.weight" in matched and f"{bn}.running_var" in matched}
+        factors = rescale_to_unit_variance(model, only=loaded)
+        if len(factors):
+            report.notes.append(describe_factors(factors, len(loaded)))
+
     done = Counter(_part(k) for k in matched)
     report.loaded = {p: (done[p], totals[p]) for p in (*REPORT_PARTS, "other")}
     report.random_init = [k for k in own if k not in matched]

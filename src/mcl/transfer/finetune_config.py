@@ -53,6 +53,9 @@ class ModelConfig:
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
     init: str | None = None  # mcl checkpoint, exported/torchvision state dict, "torchvision", or null (random)
     init_parts: list[str] | None = None  # load only these of backbone.body, backbone.fpn, roi_heads.box_head
+    # unit_variance: scale each loaded conv (before a BN) per channel so its pre-BN running variance is 1, as at
+    # random init: the same function, random init's relative fine-tuning steps (mcl.transfer.rescale). Paper: none
+    rescale_init: Literal["none", "unit_variance"] = "none"
     masks: bool | Literal["auto"] = "auto"  # auto: Mask R-CNN if the train json has segmentations
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
