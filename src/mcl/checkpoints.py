@@ -9,7 +9,6 @@ with a warning naming it.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from mcl.errors import UserError
 
 FORMAT_TAG = "mcl-pretrain/1"
-
-
-def write_atomic(out: Path, write) -> None:
-    """``write(file)`` into a temporary file beside ``out``, then rename it to ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from mcl.checkpoints import write_atomic
+from mcl.atomic import write_atomic
 from mcl.errors import UserError
 
 METHODS = ("mcl", "moco", "random")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
+
+from mcl.atomic import write_atomic
 
 GIGA, TERA, MIB = 1e9, 1e12, 2**20
 PART_COLUMNS = ("backbone", "fpn", "neck", "predictors", "target", "other")
@@ -299,12 +300,11 @@ def default_out_path(device_name: str, hostname: str, is_cuda: bool, folder: str
 def write(results: dict, json_path: str | Path) -> tuple[Path, Path]:
     """Write the JSON and, beside it, the same report as markdown (``.md``); returns both paths."""
     json_path = Path(json_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = json_path.with_suffix(json_path.suffix + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=_plain) + "\n")
-    os.replace(tmp, json_path)
+    text = json.dumps(results, indent=1, default=_plain) + "\n"
+    write_atomic(json_path, lambda f: f.write(text.encode()))
     md = json_path.with_suffix(".md")
-    md.write_text(f"<!-- written by `{results.get('command', 'mcl bench')}` -->\n" + render(results, markdown=True))
+    report = f"<!-- written by `{results.get('command', 'mcl bench')}` -->\n" + render(results, markdown=True)
+    write_atomic(md, lambda f: f.write(report.encode()))
     return json_path, md
 
 

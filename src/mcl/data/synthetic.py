@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from mcl.atomic import write_atomic
 from mcl.data.sources import SourceError
 
 CATEGORIES: list[dict] = [
@@ -303,21 +302,11 @@ def write_coco_scenes(out_dir, num: int, seed: int, size: int = 256, split_name:
 
 
 def _atomic_png(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: image.save(f, format="PNG", compress_level=1))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 class SyntheticScenes(torch.utils.data.Dataset):

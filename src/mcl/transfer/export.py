@@ -35,7 +35,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from mcl.checkpoints import write_atomic
+from mcl.atomic import write_atomic
 from mcl.errors import UserError
 from mcl.transfer.detectron2_names import detectron2_config, to_detectron2
 
