@@ -120,3 +120,26 @@ def test_num_classes_that_disagree_with_the_data_is_one_clear_line(tmp_path, cap
                  "model.num_classes=5"]) == 2
     err = capsys.readouterr().err
     assert "model.num_classes = 5" in err and "2 classes" in err and err.count("\n") == 1
+
+
+def test_supervised_pretraining_reads_labeled_shards(tmp_path, capsys):
+    """mcl data shards --labels, then mcl pretrain-supervised on the shards: classes from classes.json."""
+    import csv
+
+    write_class_folders(tmp_path / "labeled")
+    shards = tmp_path / "shards"
+    assert main(["data", "shards", "--src", str(tmp_path / "labeled"), "--out", str(shards), "--shard-size", "8",
+                 "--labels"]) == 0
+    out = tmp_path / "run"
+    assert main(["pretrain-supervised", "--data", str(shards), "--out", str(out), *TINY_CLI,
+                 "data.shard_shuffle_buffer=8"]) == 0
+    ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["config"]["model"]["num_classes"] == 2 and ckpt["global_step"] == 2
+    with open(out / "logs" / "metrics.csv") as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    capsys.readouterr()
+    (shards / "classes.json").unlink()
+    assert main(["pretrain-supervised", "--data", str(shards), "--out", str(tmp_path / "r2"), *TINY_CLI]) == 2
+    err = capsys.readouterr().err
+    assert "classes.json" in err and "model.num_classes" in err and err.count("\n") == 1

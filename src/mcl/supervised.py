@@ -33,6 +33,8 @@ from mcl.checkpoints import FORMAT_TAG
 from mcl.config import from_dict
 from mcl.data.labeled import (LabeledImageDataset, LabeledList, LabeledSyntheticScenes, collate_labeled,
                               list_labeled)
+from mcl.data.shard_index import CLASSES_NAME, list_shards, read_class_names
+from mcl.data.shards import open_shards, wants_shards
 from mcl.data.views import MultiCropViews
 from mcl.errors import UserError
 from mcl.models.mcl import Encoder, fpn_level_for
@@ -190,10 +192,24 @@ def build_model(cfg: SupervisedConfig) -> SupervisedMontage:
 # ---------------------------------------------------------------- data
 
 def resolve_classes(cfg: SupervisedConfig) -> LabeledList | None:
-    """List the labeled source once and set ``cfg.model.num_classes`` from it (None: the synthetic scenes)."""
+    """Find the classes of the labeled source once and set ``cfg.model.num_classes`` from them.
+
+    Returns the image listing of a folder / COCO json (None for the synthetic scenes and for tar shards,
+    whose classes come from the ``classes.json`` that ``mcl data shards --labels`` writes beside them).
+    """
     d = cfg.data
-    listing = None if d.source is None else list_labeled(d.source, d.image_root)
-    found = len(LabeledSyntheticScenes.class_names) if listing is None else listing.num_classes
+    listing = None
+    if d.source is None:
+        found = len(LabeledSyntheticScenes.class_names)
+    elif wants_shards(d.source, d.format):
+        names = read_class_names(list_shards(d.source))
+        if names is None and cfg.model.num_classes is None:
+            raise UserError(f"{d.source}: labeled shards need the {CLASSES_NAME} that `mcl data shards --labels` "
+                            f"writes beside them, or model.num_classes=<count>")
+        found = cfg.model.num_classes if names is None else len(names)
+    else:
+        listing = list_labeled(d.source, d.image_root)
+        found = listing.num_classes
     where = d.source or "the synthetic scenes"
     if cfg.model.num_classes is not None and cfg.model.num_classes != found:
         raise UserError(f"model.num_classes = {cfg.model.num_classes} but {where} has {found} classes: "
@@ -203,12 +219,16 @@ def resolve_classes(cfg: SupervisedConfig) -> LabeledList | None:
 
 
 def build_labeled_dataset(cfg: SupervisedConfig, listing: LabeledList | None = None):
-    """MCL's 2 x L crops of each labeled image (or of the labelled synthetic scenes)."""
+    """MCL's 2 x L crops of each labeled image (class folders, COCO json, labeled tar shards, or the
+    labelled synthetic scenes). Call :func:`resolve_classes` first (it sets ``model.num_classes``)."""
     d = cfg.data
     views = MultiCropViews(crop_size=d.crop_size, scale=tuple(d.crop_scale), crops_per_view=len(cfg.montage.ratios))
     if d.source is None:
         return LabeledSyntheticScenes(num=d.synthetic_num, seed=d.synthetic_seed, size=d.synthetic_size,
                                       transform=views)
+    if wants_shards(d.source, d.format):
+        return open_shards(d.source, views, max_side=d.max_image_side, seed=cfg.trainer.seed,
+                           shuffle_buffer=d.shard_shuffle_buffer, num_classes=cfg.model.num_classes)
     listing = listing or list_labeled(d.source, d.image_root)
     return LabeledImageDataset(listing, views, max_side=d.max_image_side, source_name=str(d.source))
 

@@ -300,3 +300,46 @@ def test_moco_pretraining_reads_shards(tmp_path):
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 3
+
+
+# ------------------------------------------------------------------------------------ labeled shards
+
+def test_labeled_shards_pair_each_image_with_its_class_and_skip_bad_labels(tmp_path):
+    """A sample's .cls may come before or after its image; missing, non-integer or out-of-range ones are skipped."""
+    write_tar(tmp_path / "shard-000000.tar", [
+        ("000000.png", png(0)), ("000000.cls", b"1"),
+        ("000001.cls", b"0\n"), ("000001.png", png(1)),      # label first
+        ("000002.png", png(2)),                              # no label
+        ("000003.png", png(3)), ("000003.cls", b"cat"),      # not an integer
+        ("000004.png", png(4)), ("000004.cls", b"7"),        # outside 0..2
+        ("000005.png", png(5)), ("000005.cls", b"2"),
+    ])
+    # the quota is the shard's 6 samples, so the reader goes round again after the first 3 good ones
+    items = list(ShardDataset(list_shards(tmp_path), image_size, num_classes=3, shuffle_buffer=1))[:3]
+    assert [(int(i["index"]), i["label"]) for i in items] == [(0, 1), (1, 0), (5, 2)]
+    skipped = [name for i in items for name in i["skipped"]]
+    assert len(skipped) == 3 and all("no class index 0..2" in name for name in skipped)
+    assert "000002.png" in skipped[0] and "000004.png" in skipped[2]
+    unlabeled = list(ShardDataset(list_shards(tmp_path), image_size, shuffle_buffer=1))
+    assert len(unlabeled) == 6 and "label" not in unlabeled[0]
+
+
+def test_cli_writes_labeled_shards_from_class_folders(tmp_path, capsys):
+    from mcl.data.shard_index import CLASSES_NAME, read_class_names
+
+    for k, name in enumerate(("apple", "sky")):
+        write_photos(tmp_path / "classes" / name, 3 + k, size=24)
+    out = tmp_path / "shards"
+    assert main(["data", "shards", "--src", str(tmp_path / "classes"), "--out", str(out), "--shard-size", "2",
+                 "--labels"]) == 0
+    assert "with labels: 2 classes" in capsys.readouterr().out
+    shards = list_shards(out)
+    assert read_class_names(shards) == ["apple", "sky"] and shards.total == 7
+    items = list(ShardDataset(shards, image_size, num_classes=2))
+    assert sorted(i["label"] for i in items) == [0, 0, 0, 1, 1, 1, 1]
+    with tarfile.open(out / "shard-000000.tar") as tar:
+        names = tar.getnames()
+    assert names[0].endswith(".jpg") and names[1] == names[0][:-3] + "cls"
+    assert main(["data", "shards", "--src", str(tmp_path / "classes"), "--out", str(tmp_path / "x"),
+                 "--shard-size", "2"]) == 0                    # unlabeled: no .cls, no classes.json
+    assert not (tmp_path / "x" / CLASSES_NAME).exists()

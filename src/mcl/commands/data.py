@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shards.add_argument("--image-root", help="root for relative names in a json/txt (default: its folder)")
     shards.add_argument("--seed", type=int, default=0, help="order of the images across shards (default 0)")
     shards.add_argument("--keep-order", action="store_true", help="keep the source's order instead of shuffling")
+    shards.add_argument("--labels", action="store_true",
+                        help="for mcl pretrain-supervised: --src is a folder with one subfolder per class or a COCO "
+                             "json; each sample gets a .cls member (its class index) and OUT/classes.json the names")
     index = sub.add_parser("index", help="count the samples of existing tar shards and write shards.json beside them",
                            description="Write FOLDER/shards.json (sample count and size of every shard) for "
                                        "shards in one folder, so that training processes need not read their "
@@ -96,10 +99,19 @@ def _shards(args: argparse.Namespace) -> int:
     from mcl.data.sources import list_images
 
     refuse_existing(Path(args.out))                       # before listing a large source
-    paths = list_images(args.src, args.image_root)
+    labels = class_names = None
+    if args.labels:
+        from mcl.data.labeled import list_labeled
+
+        listing = list_labeled(args.src, args.image_root)
+        paths, labels, class_names = listing.paths, listing.labels, listing.class_names
+    else:
+        paths = list_images(args.src, args.image_root)
     result = write_shards(paths, args.out, args.shard_size, max_side=args.max_side,
-                          seed=None if args.keep_order else args.seed)
+                          seed=None if args.keep_order else args.seed, labels=labels, class_names=class_names)
     print(f"wrote {result.total} images in {len(result.shards)} shards to {args.out} (index {result.index})")
+    if class_names is not None:
+        print(f"with labels: {len(class_names)} classes, names in {Path(args.out) / 'classes.json'}")
     for path in result.skipped:
         print(f"skipped unreadable image {path}")
     if result.skipped:

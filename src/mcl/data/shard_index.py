@@ -33,6 +33,7 @@ from typing import Iterator
 from mcl.data.sources import IMAGE_EXTENSIONS, SourceError
 
 INDEX_NAME = "shards.json"
+CLASSES_NAME = "classes.json"   # class names of labeled shards, beside them (supervised pretraining)
 INDEX_FORMAT = "mcl-shards"
 SHARD_SUFFIXES = (".tar",)
 IMAGE_EXTS = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)
@@ -97,6 +98,20 @@ def image_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         if not taken and parts[1].lower() in IMAGE_EXTS:
             taken = True
             yield member
+
+
+def read_class_names(shards: ShardList) -> list[str] | None:
+    """The class names in ``classes.json`` beside the first shard (None if there is none)."""
+    path = Path(shards.shards[0].path).parent / CLASSES_NAME
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{path}: unreadable class list ({exc}); rewrite the shards with mcl data shards --labels") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise SourceError(f"{path}: should be a JSON list of class names; rewrite the shards with mcl data shards --labels")
+    return names
 
 
 def count_samples(path: Path) -> int:

@@ -4,7 +4,9 @@ Reading: each tar is read front to back with :mod:`tarfile` in streaming mode (n
 shard); an image is decoded by :func:`mcl.data.sources.decode_rgb` (the rules of ``load_rgb``) and
 transformed. Items are :class:`~mcl.data.sources.ImageDataset`'s: ``{"crops", "index", "skipped"}``
 where ``index`` numbers the samples of all shards in list order and ``skipped`` names the members
-(``shard.tar:member``) or broken tars passed over since the previous item.
+(``shard.tar:member``) or broken tars passed over since the previous item. Labeled shards (``num_classes``
+given; written by ``mcl data shards --labels``) add ``"label"``, the sample's ``.cls``; a sample without a
+valid one (missing, not an integer, outside ``0..num_classes-1``) is skipped like an unreadable image.
 
 Split and the equal-length rule (``R`` processes, ``W`` loader workers each, ``B`` per-process batch,
 ``N`` samples in all by the index):
@@ -38,14 +40,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mcl.data.shard_index import ShardList, image_members, is_shard_source, list_shards
+from mcl.data.shard_index import IMAGE_EXTS, ShardList, image_members, is_shard_source, list_shards, split_key
 from mcl.data.sources import SourceError, UnreadableImage, decode_rgb
 from mcl.errors import UserError
 
 # Lightning warns about any IterableDataset with __len__; ours sizes every worker exactly (see above).
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
-Record = tuple  # (global index or None, name, image bytes or None for a broken shard)
+Record = tuple  # (global index or None, name, image bytes or None for a broken shard, class index or None)
 
 
 def wants_shards(source, fmt: str) -> bool:
@@ -60,6 +62,39 @@ def read_shard(path: Path) -> Iterator[tuple[int, str, bytes]]:
     with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
         for ordinal, member in enumerate(image_members(tar)):
             yield ordinal, member.name, tar.extractfile(member).read()
+
+
+def read_labeled_shard(path: Path) -> Iterator[tuple[int, str, bytes, int | None]]:
+    """``(ordinal, image member name, image bytes, class index or None)`` for each sample of one shard.
+
+    A sample is the run of consecutive members sharing a key (``000123.jpg`` + ``000123.cls``, in either
+    order); ordinals count the samples that hold an image, as :func:`read_shard`'s do.
+    """
+    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        ordinal, key, name, image, label = 0, None, None, None, None
+        for member in tar:
+            parts = split_key(member.name) if member.isfile() else None
+            if parts is None:
+                continue
+            if parts[0] != key:
+                if image is not None:
+                    yield ordinal, name, image, label
+                    ordinal += 1
+                key, name, image, label = parts[0], None, None, None
+            ext = parts[1].lower()
+            if ext in IMAGE_EXTS and image is None:
+                name, image = member.name, tar.extractfile(member).read()
+            elif ext == "cls":
+                label = _class_index(tar.extractfile(member).read())
+        if image is not None:
+            yield ordinal, name, image, label
+
+
+def _class_index(data: bytes) -> int | None:
+    try:
+        return int(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def shuffled(items, size: int, rng: np.random.Generator) -> Iterator:
@@ -86,10 +121,11 @@ class ShardDataset(IterableDataset):
     """
 
     def __init__(self, shards: ShardList, transform, max_side: int | None = None, seed: int = 0,
-                 shuffle_buffer: int = 1000):
+                 shuffle_buffer: int = 1000, num_classes: int | None = None):
         if shuffle_buffer < 1:
             raise UserError(f"data.shard_shuffle_buffer = {shuffle_buffer} must be >= 1 (1: no shuffling)")
         self.shards, self.transform, self.max_side = shards, transform, max_side
+        self.num_classes = num_classes
         self.seed, self.shuffle_buffer = int(seed), int(shuffle_buffer)
         self.offsets = shards.offsets()
         self.rank, self.world, self.batch_size, self.bound = 0, 1, 1, False
@@ -155,9 +191,12 @@ class ShardDataset(IterableDataset):
         served, skipped = 0, []
         while served < quota:
             good = 0
-            for index, name, data in shuffled(self._records(mine), self.shuffle_buffer, rng):
+            for index, name, data, label in shuffled(self._records(mine), self.shuffle_buffer, rng):
                 if data is None:
                     skipped.append(name)
+                    continue
+                if self.num_classes is not None and not (label is not None and 0 <= label < self.num_classes):
+                    skipped.append(f"{name} (no class index 0..{self.num_classes - 1} in its .cls)")
                     continue
                 try:
                     image = decode_rgb(data, self.max_side, name=name)
@@ -165,7 +204,10 @@ class ShardDataset(IterableDataset):
                     skipped.append(name)
                     continue
                 good += 1
-                yield {"crops": self.transform(image), "index": index, "skipped": skipped}
+                item = {"crops": self.transform(image), "index": index, "skipped": skipped}
+                if self.num_classes is not None:
+                    item["label"] = label
+                yield item
                 skipped, served = [], served + 1
                 if served == quota:
                     return
@@ -178,11 +220,13 @@ class ShardDataset(IterableDataset):
         """Every sample of the shards ``mine`` in order; a broken shard yields one ``(None, name, None)``."""
         for i in mine:
             path, offset, ordinal = self.shards.shards[i].path, self.offsets[i], -1
+            samples = read_labeled_shard(path) if self.num_classes is not None else \
+                ((n, member, data, None) for n, member, data in read_shard(path))
             try:
-                for ordinal, member, data in read_shard(path):
-                    yield offset + ordinal, f"{path}:{member}", data
+                for ordinal, member, data, label in samples:
+                    yield offset + ordinal, f"{path}:{member}", data, label
             except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                yield None, f"{path} (unreadable tar after {ordinal + 1} samples: {exc})", None
+                yield None, f"{path} (unreadable tar after {ordinal + 1} samples: {exc})", None, None
 
 
 class ShardLoader(DataLoader):
@@ -199,6 +243,8 @@ class ShardLoader(DataLoader):
 
 
 def open_shards(source, transform, max_side: int | None = None, seed: int = 0,
-                shuffle_buffer: int = 1000) -> ShardDataset:
-    """A :class:`ShardDataset` over the shards ``source`` names (pattern, .tar, folder, index json, txt)."""
-    return ShardDataset(list_shards(source), transform, max_side=max_side, seed=seed, shuffle_buffer=shuffle_buffer)
+                shuffle_buffer: int = 1000, num_classes: int | None = None) -> ShardDataset:
+    """A :class:`ShardDataset` over the shards ``source`` names (pattern, .tar, folder, index json, txt);
+    labeled (items carry ``"label"``) when ``num_classes`` is given."""
+    return ShardDataset(list_shards(source), transform, max_side=max_side, seed=seed, shuffle_buffer=shuffle_buffer,
+                        num_classes=num_classes)
