@@ -45,3 +45,20 @@ def test_profile_step_splits_the_step_by_phase_and_part(tmp_path):
                 "part/predictors"} <= set(r["forward_by_part_ms"])
     assert (results["efficient"]["forward_by_part_ms"]["part/online neck"]
             < results["faithful"]["forward_by_part_ms"]["part/online neck"])
+
+
+def test_init_health_lists_layers_of_a_file(tmp_path):
+    import torch
+    import torchvision
+
+    path = tmp_path / "r18.pth"
+    state = torchvision.models.resnet18().state_dict()
+    state["bn1.running_var"].fill_(4.0)                    # conv1's pre-BN variance 4: unit_variance halves it
+    torch.save(state, path)
+    run = subprocess.run([sys.executable, "benchmarks/init_health.py", "--fpn-channels", "32", "--layers", str(path),
+                          "--rescale-init", "unit_variance"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    row = next(line for line in run.stdout.splitlines() if line.strip().startswith("backbone.body.conv1 "))
+    random_norm, file_norm, variance = map(float, row.split()[1:])
+    assert random_norm > 0 and variance == 1.0
+    assert abs(file_norm - 0.5 * state["conv1.weight"].norm().item()) < 0.01
