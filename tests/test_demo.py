@@ -52,7 +52,7 @@ def test_table_and_chart(tmp_path):
 
 def test_bad_methods_and_seeds_are_refused():
     assert parse_methods("mcl, random") == ("mcl", "random")
-    with pytest.raises(UserError, match="choose from mcl, moco, random"):
+    with pytest.raises(UserError, match="choose from mcl, moco, moco_time, random"):
         parse_methods("mcl,byol")
     with pytest.raises(UserError, match="at least 1"):
         seeds_from(0, 0)
@@ -148,3 +148,28 @@ def test_a_stage_is_reused_only_with_the_same_arguments(tmp_path):
     (tmp_path / "stage.json").write_text(json.dumps({"seconds": 1.0}))      # written before args were recorded
     assert demo._stage_record(tmp_path, args) is None
     assert demo._stage_record(tmp_path / "missing", args) is None
+
+
+def test_equal_time_moco_follows_both_pretrainings_with_steps_scaled_by_their_times(tmp_path, monkeypatch):
+    """moco_time starts only after MCL's and MoCo v2's pretraining, with steps x t_MCL / t_MoCo steps."""
+    import mcl.demo as demo
+
+    started = []
+
+    def pretrain(out, method, plan, seed, say, threads, steps=None):
+        started.append((method, steps))
+        seconds = {"mcl": 90.0, "moco": 30.0}.get(method, 1.0)
+        return {"checkpoint": method, "seconds": seconds, "steps": steps or plan.pretrain_steps}
+
+    monkeypatch.setattr(demo, "labeled_scenes", lambda *a: {})
+    monkeypatch.setattr(demo, "pretrain", pretrain)
+    monkeypatch.setattr(demo, "finetune", lambda out, init, method, plan, seed, scenes, say, threads:
+                        {"init": init, "seconds": 1.0})
+    methods = demo.parse_methods("mcl,moco,moco_time,random")
+    runs = demo.run_seed(tmp_path, PLANS["tiny"], 0, methods, lambda _: None, jobs=2)
+    assert started[-1] == ("moco_time", 3 * PLANS["tiny"].pretrain_steps)          # 90 s / 30 s
+    assert {m for m, _ in started[:2]} == {"mcl", "moco"}
+    assert runs["moco_time"]["finetune"]["init"] == "moco_time" and set(runs["moco_time"]) == {"pretrain", "finetune"}
+    assert demo.equal_time_steps(300, 10.0, 40.0) == 75 and demo.equal_time_steps(1, 1.0, 100.0) == 1
+    with pytest.raises(UserError, match="add mcl and moco"):
+        demo.parse_methods("mcl,moco_time")

@@ -7,7 +7,8 @@ For each seed ``s``:
    MoCo's SGD) and MoCo v2 (``moco_cpu_smoke`` with a 64-key queue) each run ``plan.pretrain_steps`` steps of 32 images (equal
    epochs: the same unique images seen, the same number of optimizer steps, the same optimizer and lr);
    the wall-clock of each is recorded beside it (MCL's step encodes 8 crops per image, MoCo's 2, so MCL
-   costs more per epoch; the table says how much).
+   costs more per epoch; the table says how much). Opt-in (``--methods mcl,moco,moco_time,random``): MoCo v2
+   again for **equal wall-clock**, ``steps x t_MCL / t_MoCo`` steps from the two measured pretraining times.
 3. **Transfer**: the same Mask R-CNN R18-FPN recipe (``finetune_cpu_smoke`` with ``plan.finetune_iterations``
    iterations, scene-sized anchors, FPN and heads 128 wide, loaded convs rescaled to pre-BN variance 1:
    ``model.rescale_init=unit_variance``) from each pretrained checkpoint and from
@@ -42,8 +43,9 @@ from typing import Callable
 from mcl.atomic import write_atomic
 from mcl.errors import UserError
 
-METHODS = ("mcl", "moco", "random")
-METHOD_LABELS = {"mcl": "MCL", "moco": "MoCo v2", "random": "random init"}
+METHODS = ("mcl", "moco", "random")                      # the default comparison: equal epochs
+EQUAL_TIME = "moco_time"                                # opt-in: MoCo v2 given MCL's pretraining wall-clock
+METHOD_LABELS = {"mcl": "MCL", "moco": "MoCo v2", EQUAL_TIME: "MoCo v2, MCL's time", "random": "random init"}
 METRIC_COLUMNS = (("bbox", "AP"), ("segm", "AP"), ("bbox", "AP50"), ("segm", "AP50"), ("bbox", "APs"),
                   ("bbox", "APm"), ("bbox", "APl"))
 
@@ -156,14 +158,17 @@ def labeled_scenes(out: Path, plan: DemoPlan, seed: int, say) -> dict[str, str]:
     return paths
 
 
-def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say, threads: int | None = None) -> dict:
-    """MCL or MoCo v2 on the unlabeled scenes; returns ``{"checkpoint", "seconds", "loss_first", "loss_last"}``."""
+def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say, threads: int | None = None,
+             steps: int | None = None) -> dict:
+    """MCL or MoCo v2 (``moco`` or ``moco_time``) on the unlabeled scenes for ``steps`` (default: the plan's);
+    returns ``{"checkpoint", "seconds", "steps", "loss_first", "loss_last"}``."""
     folder = out / f"seed{seed}" / f"pretrain_{method}"
+    steps = plan.pretrain_steps if steps is None else steps
     command, recipe = ("pretrain", "cpu_smoke") if method == "mcl" else ("pretrain-moco", "moco_cpu_smoke")
-    args = ["--config", recipe, "--out", str(folder), f"trainer.max_steps={plan.pretrain_steps}",
+    args = ["--config", recipe, "--out", str(folder), f"trainer.max_steps={steps}",
             f"trainer.seed={seed}", f"data.synthetic_seed={1000 + seed}", f"data.synthetic_num={plan.unlabeled}",
             f"data.synthetic_size={plan.scene_size}", "trainer.progress_bar=false",
-            f"trainer.checkpoint_every_steps={max(plan.pretrain_steps, 1)}", "trainer.log_every_steps=1"]
+            f"trainer.checkpoint_every_steps={max(steps, 1)}", "trainer.log_every_steps=1"]
     args += list(plan.pretrain_overrides if method == "mcl" else plan.moco_overrides)
     record = _stage_record(folder, args)
     if record:
@@ -172,7 +177,7 @@ def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say, threads: in
     shutil.rmtree(folder, ignore_errors=True)       # an interrupted or changed stage starts again from scratch
     seconds = _run(_mcl(command, *args), out / f"seed{seed}" / f"pretrain_{method}.log", say, threads)
     first, last = _loss_ends(folder / "logs" / "metrics.csv")
-    record = {"checkpoint": str(folder / "last.ckpt"), "seconds": seconds, "steps": plan.pretrain_steps,
+    record = {"checkpoint": str(folder / "last.ckpt"), "seconds": seconds, "steps": steps,
               "loss_first": first, "loss_last": last, "args": args}
     _save_record(folder, record)
     return record
@@ -215,12 +220,19 @@ def _loss_ends(csv_path: Path) -> tuple[float | None, float | None]:
 
 # ---------------------------------------------------------------------------------------------- the demo
 
+def equal_time_steps(steps: int, mcl_seconds: float, moco_seconds: float) -> int:
+    """MoCo v2 steps that take MCL's pretraining time: ``round(steps x t_MCL / t_MoCo)`` (at least 1), from the
+    two equal-epoch pretrainings' measured wall-clock of the same seed."""
+    return max(1, round(steps * mcl_seconds / moco_seconds))
+
+
 def run_seed(out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say, jobs: int = 1,
              threads: int | None = None) -> dict[str, dict]:
     """One seed's stages, ``jobs`` at a time (each stage a subprocess with ``threads`` threads).
 
     A fine-tune is queued as soon as its pretraining has finished (random init's at once), so no worker
-    ever waits on another stage.
+    ever waits on another stage. ``moco_time`` (equal wall-clock) pretrains once MCL's and MoCo v2's
+    equal-epoch pretrainings have both finished, for :func:`equal_time_steps` steps.
     """
     lock = threading.Lock()
     shared_say = say
@@ -233,9 +245,11 @@ def run_seed(out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say
     scenes = labeled_scenes(out, plan, seed, say)
     runs: dict[str, dict] = {m: {} for m in methods}
 
-    def pretrain_stage(method):
-        say(f"seed {seed}: pretrain {METHOD_LABELS[method]} ({plan.pretrain_steps} steps)")
-        return pretrain(out, method, plan, seed, say, threads)
+    def pretrain_stage(method, steps=None):
+        say(f"seed {seed}: pretrain {METHOD_LABELS[method]} ({steps or plan.pretrain_steps} steps)")
+        if steps is None:
+            return pretrain(out, method, plan, seed, say, threads)
+        return pretrain(out, method, plan, seed, say, threads, steps=steps)
 
     def finetune_stage(method, init):
         say(f"seed {seed}: fine-tune Mask R-CNN from {METHOD_LABELS[method]} ({plan.finetune_iterations} its)")
@@ -243,10 +257,11 @@ def run_seed(out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say
 
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        pending = {pool.submit(pretrain_stage, m): ("pretrain", m) for m in methods if m != "random"}
+        pending = {pool.submit(pretrain_stage, m): ("pretrain", m) for m in methods
+                   if m not in ("random", EQUAL_TIME)}
         if "random" in methods:
             pending[pool.submit(finetune_stage, "random", "random")] = ("finetune", "random")
-        while pending:
+        while pending:                  # runs[m] gets "pretrain" and "finetune" as they finish
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 stage, method = pending.pop(future)
@@ -254,8 +269,16 @@ def run_seed(out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say
                 if stage == "pretrain":
                     init = runs[method]["pretrain"]["checkpoint"]
                     pending[pool.submit(finetune_stage, method, init)] = ("finetune", method)
+                    if method != EQUAL_TIME and EQUAL_TIME in methods and not runs[EQUAL_TIME] and \
+                            all("pretrain" in runs[m] for m in ("mcl", "moco")):
+                        steps = equal_time_steps(plan.pretrain_steps, runs["mcl"]["pretrain"]["seconds"],
+                                                 runs["moco"]["pretrain"]["seconds"])
+                        runs[EQUAL_TIME]["queued"] = True
+                        pending[pool.submit(pretrain_stage, EQUAL_TIME, steps)] = ("pretrain", EQUAL_TIME)
     finally:  # after a failure: let the running stages end (their folders stay consistent), start no more
         pool.shutdown(wait=True, cancel_futures=True)
+    for run in runs.values():
+        run.pop("queued", None)
     return runs
 
 
@@ -274,7 +297,9 @@ def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ..
         per_seed[str(seed)] = run_seed(out, plan, seed, methods, say, jobs, threads)
         seed_seconds[str(seed)] = time.perf_counter() - seed_start
     summary = {"schema": "mcl-demo/1", "plan": asdict(plan), "seeds": seeds, "methods": list(methods),
-               "budget": "equal epochs: each pretraining method runs the same steps at the same batch (32)",
+               "budget": "equal epochs: each pretraining method runs the same steps at the same batch (32)" +
+                         ("; moco_time: MoCo v2 for MCL's measured pretraining wall-clock (steps x t_MCL / t_MoCo)"
+                          if EQUAL_TIME in methods else ""),
                "per_seed": per_seed, "aggregate": aggregate(per_seed, methods),
                "elapsed_s": time.perf_counter() - start, "seed_elapsed_s": seed_seconds,
                "machine": _machine(), "jobs": jobs,
@@ -331,10 +356,13 @@ def render_table(summary: dict, markdown: bool = False) -> str:
         rows.append([METHOD_LABELS[method]] + [cell(a[f"{t}/{m}"]) for t, m in METRIC_COLUMNS]
                     + [cell(a.get("pretrain_s"), 1 / 60), cell(a["finetune_s"], 1 / 60)])
     plan = summary["plan"]
+    budget = "equal epochs"
+    if EQUAL_TIME in summary["methods"]:
+        budget += f"; {METHOD_LABELS[EQUAL_TIME]}: MoCo v2 steps scaled to MCL's measured pretraining time"
     title = (f"mcl demo ({plan['name']}): COCO AP (%) on {plan['val']} held-out synthetic scenes, "
              f"Mask R-CNN R18-FPN fine-tuned {plan['finetune_iterations']} iterations on {plan['train']} scenes; "
              f"pretraining {plan['pretrain_steps']} steps x 32 images on {plan['unlabeled']} unlabeled scenes "
-             f"(equal epochs); " + (f"mean ± std over seeds {summary['seeds']}" if n > 1
+             f"({budget}); " + (f"mean ± std over seeds {summary['seeds']}" if n > 1
                                     else f"seed {summary['seeds'][0]}"))
     return (f"**{title}**\n\n" if markdown else f"{title}\n") + table(headers, rows, markdown)
 
@@ -389,9 +417,12 @@ def _machine() -> dict:
 
 def parse_methods(text: str) -> tuple[str, ...]:
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHOD_LABELS]
     if unknown or not methods:
-        raise UserError(f"--methods {text!r}: choose from {', '.join(METHODS)}")
+        raise UserError(f"--methods {text!r}: choose from {', '.join(METHOD_LABELS)}")
+    if EQUAL_TIME in methods and not {"mcl", "moco"} <= set(methods):
+        raise UserError(f"--methods {text!r}: {EQUAL_TIME} takes its steps from MCL's and MoCo v2's pretraining "
+                        f"times: add mcl and moco")
     return methods
 
 
