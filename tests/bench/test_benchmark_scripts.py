@@ -62,3 +62,16 @@ def test_init_health_lists_layers_of_a_file(tmp_path):
     random_norm, file_norm, variance = map(float, row.split()[1:])
     assert random_norm > 0 and variance == 1.0
     assert abs(file_norm - 0.5 * state["conv1.weight"].norm().item()) < 0.01
+
+
+def test_loss_windows_averages_each_window(tmp_path):
+    csv_path = tmp_path / "metrics.csv"
+    lines = ["step,train/loss,train/acc"] + [f"{s},{10 - s},0.5" for s in range(6)] + ["6,,"]
+    csv_path.write_text("\n".join(lines) + "\n")
+    run = subprocess.run([sys.executable, "benchmarks/loss_windows.py", str(csv_path), "--windows", "0", "2", "6"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "0-2: 9.500 (acc 0.500), 2-6: 6.500 (acc 0.500)" in run.stdout
+    missing = subprocess.run([sys.executable, "benchmarks/loss_windows.py", str(tmp_path / "nope")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no logs/metrics.csv" in missing.stderr
