@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mcl.data.shard_index import IMAGE_EXTS, ShardList, image_members, is_shard_source, list_shards, split_key
+from mcl.data.shard_index import IMAGE_EXTS, ShardList, is_shard_source, list_shards, split_key
 from mcl.data.sources import SourceError, UnreadableImage, decode_rgb
 from mcl.errors import UserError
 
@@ -57,37 +57,36 @@ def wants_shards(source, fmt: str) -> bool:
     return fmt == "shards" or is_shard_source(source)
 
 
-def read_shard(path: Path) -> Iterator[tuple[int, str, bytes]]:
-    """``(ordinal, member name, image bytes)`` for each sample of one shard, streamed in stored order."""
-    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for ordinal, member in enumerate(image_members(tar)):
-            yield ordinal, member.name, tar.extractfile(member).read()
-
-
-def read_labeled_shard(path: Path) -> Iterator[tuple[int, str, bytes, int | None]]:
-    """``(ordinal, image member name, image bytes, class index or None)`` for each sample of one shard.
+def read_shard(path: Path) -> Iterator[tuple[int, str, bytes, int | None]]:
+    """``(ordinal, image member name, image bytes, class index or None)`` for each sample of one shard,
+    streamed in stored order.
 
     A sample is the run of consecutive members sharing a key (``000123.jpg`` + ``000123.cls``, in either
-    order); ordinals count the samples that hold an image, as :func:`read_shard`'s do.
+    order); ordinals count the samples that hold an image, as ``shard_index.image_members`` does.
     """
-    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        ordinal, key, name, image, label = 0, None, None, None, None
-        for member in tar:
-            parts = split_key(member.name) if member.isfile() else None
-            if parts is None:
-                continue
-            if parts[0] != key:
-                if image is not None:
-                    yield ordinal, name, image, label
-                    ordinal += 1
-                key, name, image, label = parts[0], None, None, None
-            ext = parts[1].lower()
-            if ext in IMAGE_EXTS and image is None:
-                name, image = member.name, tar.extractfile(member).read()
-            elif ext == "cls":
-                label = _class_index(tar.extractfile(member).read())
-        if image is not None:
+    ordinal, key, name, image, label = 0, None, None, None, None
+    try:
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                parts = split_key(member.name) if member.isfile() else None
+                if parts is None:
+                    continue
+                if parts[0] != key:
+                    if image is not None:
+                        yield ordinal, name, image, label
+                        ordinal += 1
+                    key, name, image, label = parts[0], None, None, None
+                ext = parts[1].lower()
+                if ext in IMAGE_EXTS and image is None:
+                    name, image = member.name, tar.extractfile(member).read()
+                elif ext == "cls":
+                    label = _class_index(tar.extractfile(member).read())
+    except (tarfile.TarError, OSError, EOFError, zlib.error):
+        if image is not None:     # a truncated tar still gives the complete sample read before the break
             yield ordinal, name, image, label
+        raise
+    if image is not None:
+        yield ordinal, name, image, label
 
 
 def _class_index(data: bytes) -> int | None:
@@ -220,10 +219,8 @@ class ShardDataset(IterableDataset):
         """Every sample of the shards ``mine`` in order; a broken shard yields one ``(None, name, None)``."""
         for i in mine:
             path, offset, ordinal = self.shards.shards[i].path, self.offsets[i], -1
-            samples = read_labeled_shard(path) if self.num_classes is not None else \
-                ((n, member, data, None) for n, member, data in read_shard(path))
             try:
-                for ordinal, member, data, label in samples:
+                for ordinal, member, data, label in read_shard(path):
                     yield offset + ordinal, f"{path}:{member}", data, label
             except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
                 yield None, f"{path} (unreadable tar after {ordinal + 1} samples: {exc})", None, None
