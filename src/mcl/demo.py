@@ -269,16 +269,13 @@ def run_seed(out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say
                 if stage == "pretrain":
                     init = runs[method]["pretrain"]["checkpoint"]
                     pending[pool.submit(finetune_stage, method, init)] = ("finetune", method)
-                    if method != EQUAL_TIME and EQUAL_TIME in methods and not runs[EQUAL_TIME] and \
-                            all("pretrain" in runs[m] for m in ("mcl", "moco")):
+                    if method in ("mcl", "moco") and EQUAL_TIME in methods and \
+                            all("pretrain" in runs[m] for m in ("mcl", "moco")):   # true once: after the second
                         steps = equal_time_steps(plan.pretrain_steps, runs["mcl"]["pretrain"]["seconds"],
                                                  runs["moco"]["pretrain"]["seconds"])
-                        runs[EQUAL_TIME]["queued"] = True
                         pending[pool.submit(pretrain_stage, EQUAL_TIME, steps)] = ("pretrain", EQUAL_TIME)
     finally:  # after a failure: let the running stages end (their folders stay consistent), start no more
         pool.shutdown(wait=True, cancel_futures=True)
-    for run in runs.values():
-        run.pop("queued", None)
     return runs
 
 
