@@ -150,27 +150,11 @@ def phase_times(step: T.Step, device: torch.device, steps: int) -> dict[str, flo
     return {name: statistics.median(v) for name, v in per_phase.items()}
 
 
-def build_mcl(cfg, mode: str, crops, device, precision: str, channels_last: bool):
-    """``timing.mcl_step``'s model and optimizer, run with phase ranges and part hooks."""
-    import copy
-
-    from mcl.optim import build_optimizer, scaled_lr
-    from mcl.train import build_model
-
-    cfg = copy.deepcopy(cfg)
-    cfg.model.compute_mode = mode
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    o = cfg.optim
-    trainable = torch.nn.ModuleDict({"online": model.online, "predictors": model.predictors})
-    optimizer = build_optimizer(trainable, o.name, scaled_lr(o.base_lr, cfg.data.batch_size), o.weight_decay,
-                                o.momentum, o.trust_coefficient, o.exclude_bn_bias)
-    params = [p for p in trainable.parameters() if p.requires_grad]
+def build_mcl(cfg, mode: str, crops, device, precision: str, channels_last: bool) -> T.Step:
+    """``timing.mcl_step``'s model and optimizer (``timing.mcl_training``), run with phase ranges and part hooks."""
+    model, optimizer, params, clip = T.mcl_training(cfg, mode, device, channels_last)
     annotate_parts(model)
-    return T.Step(mode, phased_mcl_run(model, optimizer, params, o.clip_grad_norm, crops, precision, device),
+    return T.Step(mode, phased_mcl_run(model, optimizer, params, clip, crops, precision, device),
                   cfg.data.batch_size, {"phased": True})
 
 

@@ -131,13 +131,9 @@ def _channels_last(model: nn.Module, on: bool) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if on else model
 
 
-def mcl_step(cfg, compute_mode: str, crops: Tensor | Callable[[], Tensor], device: torch.device,
-             precision: str = "fp32", channels_last: bool = False, seed: int = 0, name: str | None = None,
-             compile: bool = False, activation_checkpointing: bool = False) -> Step:
-    """A whole MCL training step (forward, backward, clip, LARS, EMA) for ``cfg`` with ``compute_mode``.
-
-    ``crops``: the ``(B, 2L, 3, S, S)`` input, or a function returning this step's input (a loader's batch).
-    """
+def mcl_training(cfg, compute_mode: str, device: torch.device, channels_last: bool = False, seed: int = 0,
+                 compile: bool = False, activation_checkpointing: bool = False):
+    """``(model, optimizer, trainable params, clip norm)`` of an MCL training step for ``cfg`` with ``compute_mode``."""
     from mcl.optim import build_optimizer, scaled_lr
     from mcl.train import build_model
 
@@ -154,8 +150,18 @@ def mcl_step(cfg, compute_mode: str, crops: Tensor | Callable[[], Tensor], devic
     trainable = nn.ModuleDict({"online": model.online, "predictors": model.predictors})
     optimizer = build_optimizer(trainable, o.name, scaled_lr(o.base_lr, cfg.data.batch_size), o.weight_decay,
                                 o.momentum, o.trust_coefficient, o.exclude_bn_bias)
-    params = [p for p in trainable.parameters() if p.requires_grad]
-    clip = o.clip_grad_norm
+    return model, optimizer, [p for p in trainable.parameters() if p.requires_grad], o.clip_grad_norm
+
+
+def mcl_step(cfg, compute_mode: str, crops: Tensor | Callable[[], Tensor], device: torch.device,
+             precision: str = "fp32", channels_last: bool = False, seed: int = 0, name: str | None = None,
+             compile: bool = False, activation_checkpointing: bool = False) -> Step:
+    """A whole MCL training step (forward, backward, clip, LARS, EMA) for ``cfg`` with ``compute_mode``.
+
+    ``crops``: the ``(B, 2L, 3, S, S)`` input, or a function returning this step's input (a loader's batch).
+    """
+    model, optimizer, params, clip = mcl_training(cfg, compute_mode, device, channels_last, seed, compile,
+                                                  activation_checkpointing)
     counter = [0]
 
     def run() -> None:
