@@ -33,8 +33,8 @@ from mcl.checkpoints import FORMAT_TAG
 from mcl.config import from_dict
 from mcl.data.labeled import (LabeledImageDataset, LabeledList, LabeledSyntheticScenes, collate_labeled,
                               list_labeled)
-from mcl.data.shard_index import CLASSES_NAME, list_shards, read_class_names
-from mcl.data.shards import open_shards, wants_shards
+from mcl.data.shard_index import CLASSES_NAME, ShardList, list_shards, read_class_names
+from mcl.data.shards import ShardDataset, wants_shards
 from mcl.data.views import MultiCropViews
 from mcl.errors import UserError
 from mcl.models.mcl import Encoder, fpn_level_for
@@ -191,18 +191,20 @@ def build_model(cfg: SupervisedConfig) -> SupervisedMontage:
 
 # ---------------------------------------------------------------- data
 
-def resolve_classes(cfg: SupervisedConfig) -> LabeledList | None:
-    """Find the classes of the labeled source once and set ``cfg.model.num_classes`` from them.
+def resolve_classes(cfg: SupervisedConfig) -> LabeledList | ShardList | None:
+    """List the labeled source once and set ``cfg.model.num_classes`` from it.
 
-    Returns the image listing of a folder / COCO json (None for the synthetic scenes and for tar shards,
-    whose classes come from the ``classes.json`` that ``mcl data shards --labels`` writes beside them).
+    Returns the listing that :func:`build_labeled_dataset` reads: the images of a folder / COCO json, the
+    shards of a tar source (classes from the ``classes.json`` that ``mcl data shards --labels`` writes
+    beside them), or None for the synthetic scenes.
     """
     d = cfg.data
     listing = None
     if d.source is None:
         found = len(LabeledSyntheticScenes.class_names)
     elif wants_shards(d.source, d.format):
-        names = read_class_names(list_shards(d.source))
+        listing = list_shards(d.source)
+        names = read_class_names(listing)
         if names is None and cfg.model.num_classes is None:
             raise UserError(f"{d.source}: labeled shards need the {CLASSES_NAME} that `mcl data shards --labels` "
                             f"writes beside them, or model.num_classes=<count>")
@@ -218,7 +220,7 @@ def resolve_classes(cfg: SupervisedConfig) -> LabeledList | None:
     return listing
 
 
-def build_labeled_dataset(cfg: SupervisedConfig, listing: LabeledList | None = None):
+def build_labeled_dataset(cfg: SupervisedConfig, listing: LabeledList | ShardList | None = None):
     """MCL's 2 x L crops of each labeled image (class folders, COCO json, labeled tar shards, or the
     labelled synthetic scenes). Call :func:`resolve_classes` first (it sets ``model.num_classes``)."""
     d = cfg.data
@@ -227,13 +229,14 @@ def build_labeled_dataset(cfg: SupervisedConfig, listing: LabeledList | None = N
         return LabeledSyntheticScenes(num=d.synthetic_num, seed=d.synthetic_seed, size=d.synthetic_size,
                                       transform=views)
     if wants_shards(d.source, d.format):
-        return open_shards(d.source, views, max_side=d.max_image_side, seed=cfg.trainer.seed,
-                           shuffle_buffer=d.shard_shuffle_buffer, num_classes=cfg.model.num_classes)
+        return ShardDataset(listing if isinstance(listing, ShardList) else list_shards(d.source), views,
+                            max_side=d.max_image_side, seed=cfg.trainer.seed, shuffle_buffer=d.shard_shuffle_buffer,
+                            num_classes=cfg.model.num_classes)
     listing = listing or list_labeled(d.source, d.image_root)
     return LabeledImageDataset(listing, views, max_side=d.max_image_side, source_name=str(d.source))
 
 
-def supervised_datamodule(cfg: SupervisedConfig, listing: LabeledList | None = None) -> DatasetModule:
+def supervised_datamodule(cfg: SupervisedConfig, listing: LabeledList | ShardList | None = None) -> DatasetModule:
     return DatasetModule(cfg, partial(build_labeled_dataset, listing=listing), collate_labeled)
 
 

@@ -240,8 +240,6 @@ class ShardLoader(DataLoader):
 
 
 def open_shards(source, transform, max_side: int | None = None, seed: int = 0,
-                shuffle_buffer: int = 1000, num_classes: int | None = None) -> ShardDataset:
-    """A :class:`ShardDataset` over the shards ``source`` names (pattern, .tar, folder, index json, txt);
-    labeled (items carry ``"label"``) when ``num_classes`` is given."""
-    return ShardDataset(list_shards(source), transform, max_side=max_side, seed=seed, shuffle_buffer=shuffle_buffer,
-                        num_classes=num_classes)
+                shuffle_buffer: int = 1000) -> ShardDataset:
+    """A :class:`ShardDataset` over the shards ``source`` names (pattern, .tar, folder, index json, txt)."""
+    return ShardDataset(list_shards(source), transform, max_side=max_side, seed=seed, shuffle_buffer=shuffle_buffer)
