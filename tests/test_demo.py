@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mcl.demo import PLANS, aggregate, default_jobs, parse_methods, plot, render_table, seeds_from
+from mcl.demo import PLANS, aggregate, default_jobs, paired_gains, parse_methods, plot, render_table, seeds_from
 from mcl.errors import UserError
 
 
@@ -35,6 +35,24 @@ def test_aggregate_gives_mean_and_sample_std_in_ap_points():
     assert agg["random"]["segm/AP50"]["mean"] == pytest.approx(3.0)
     assert agg["mcl"]["bbox/APs"] == {"mean": None, "std": None, "n": 0}      # no small objects: "-"
     assert "pretrain_s" in agg["mcl"] and "pretrain_s" not in agg["random"]
+
+
+def test_paired_gains_count_wins_within_each_seed_and_give_the_sign_test():
+    per_seed = {"0": {"mcl": _record(0.10), "random": _record(0.08, pretrain=False)},   # +2.0 box
+                "1": {"mcl": _record(0.30), "random": _record(0.29, pretrain=False)},   # +1.0 box
+                "2": {"mcl": _record(0.05), "random": _record(0.06, pretrain=False)}}   # -1.0 box
+    gains = paired_gains(per_seed, ["mcl", "random"])
+    box = gains["mcl"]["bbox/AP"]
+    assert box["diffs"] == pytest.approx([2.0, 1.0, -1.0])
+    assert box["mean"] == pytest.approx(2.0 / 3) and box["wins"] == 2 and box["n"] == 3
+    assert box["sign_test_p"] == pytest.approx(4 / 8)                         # P(X >= 2), X ~ Bin(3, 1/2)
+    assert gains["mcl"]["segm/AP"]["mean"] == pytest.approx(1.0 / 3)           # mask AP is half the box AP here
+    assert paired_gains(per_seed, ["mcl"]) == {}                              # no random init: nothing to pair
+    five_wins = {str(s): {"mcl": _record(0.2), "random": _record(0.1, pretrain=False)} for s in range(5)}
+    assert paired_gains(five_wins, ["mcl", "random"])["mcl"]["bbox/AP"]["sign_test_p"] == pytest.approx(1 / 32)
+    summary = {**_summary(per_seed, [0, 1, 2]), "paired_vs_random": gains}
+    line = next(x for x in render_table(summary).splitlines() if x.startswith("MCL") and "wins" in x)
+    assert "+0.7 ± 1.5, wins 2/3, p = 0.50" in line
 
 
 def test_table_and_chart(tmp_path):

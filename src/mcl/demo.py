@@ -28,6 +28,7 @@ Outputs in ``--out``: ``results.json`` (every figure), ``results.md`` (the table
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -298,6 +299,7 @@ def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ..
                          ("; moco_time: MoCo v2 for MCL's measured pretraining wall-clock (steps x t_MCL / t_MoCo)"
                           if EQUAL_TIME in methods else ""),
                "per_seed": per_seed, "aggregate": aggregate(per_seed, methods),
+               "paired_vs_random": paired_gains(per_seed, methods),
                "elapsed_s": time.perf_counter() - start, "seed_elapsed_s": seed_seconds,
                "machine": _machine(), "jobs": jobs,
                "threads_per_stage": threads,
@@ -324,6 +326,48 @@ def aggregate(per_seed: dict, methods) -> dict:
             entry["pretrain_s"] = _mean_std([r["pretrain"]["seconds"] for r in rows])
         agg[method] = entry
     return agg
+
+
+PAIRED_METRICS = ("bbox/AP", "segm/AP")
+
+
+def paired_gains(per_seed: dict, methods, baseline: str = "random") -> dict:
+    """Each method's AP gain over ``baseline`` within a seed (same scenes, same fine-tuning seed), in AP points.
+
+    Per method and metric: ``d_s = AP_method(s) - AP_baseline(s)``; mean and sample std of ``d_s``, ``wins``
+    (``d_s > 0``) out of ``n`` seeds, and the one-sided sign-test p-value ``P(X >= wins)``, X ~ Binomial(n, 1/2):
+    the chance of that many wins if the init made no difference. Pairing removes the between-seed spread
+    (scene sets and fine-tuning noise) that the unpaired ``mean ± std`` columns carry. Empty without ``baseline``.
+    """
+    if baseline not in methods:
+        return {}
+    gains = {}
+    for method in methods:
+        if method == baseline:
+            continue
+        entry = {}
+        for key in PAIRED_METRICS:
+            iou_type, metric = key.split("/")
+            diffs = []
+            for runs in per_seed.values():
+                if method not in runs or baseline not in runs:
+                    continue
+                ours = runs[method]["finetune"]["results"].get(iou_type, {}).get(metric)
+                theirs = runs[baseline]["finetune"]["results"].get(iou_type, {}).get(metric)
+                if ours is not None and theirs is not None:
+                    diffs.append(100.0 * (ours - theirs))
+            wins = sum(d > 0 for d in diffs)
+            entry[key] = {**_mean_std(diffs), "wins": wins, "sign_test_p": _sign_test_p(wins, len(diffs)),
+                          "diffs": diffs}
+        gains[method] = entry
+    return gains
+
+
+def _sign_test_p(wins: int, n: int) -> float | None:
+    """One-sided sign test: P(Binomial(n, 1/2) >= wins)."""
+    if n == 0:
+        return None
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -361,7 +405,28 @@ def render_table(summary: dict, markdown: bool = False) -> str:
              f"pretraining {plan['pretrain_steps']} steps x 32 images on {plan['unlabeled']} unlabeled scenes "
              f"({budget}); " + (f"mean ± std over seeds {summary['seeds']}" if n > 1
                                     else f"seed {summary['seeds'][0]}"))
-    return (f"**{title}**\n\n" if markdown else f"{title}\n") + table(headers, rows, markdown)
+    text = (f"**{title}**\n\n" if markdown else f"{title}\n") + table(headers, rows, markdown)
+    paired = summary.get("paired_vs_random") or {}
+    if n > 1 and paired:
+        text += "\n\n" + render_paired(paired, markdown)
+    return text
+
+
+def render_paired(paired: dict, markdown: bool = False) -> str:
+    """Gain over random init within each seed: mean ± std, wins out of seeds, one-sided sign-test p."""
+    from mcl.bench.report import table
+
+    def cell(stat: dict) -> str:
+        if stat.get("mean") is None:
+            return "-"
+        return (f"{stat['mean']:+.1f} ± {stat['std']:.1f}, wins {stat['wins']}/{stat['n']}, "
+                f"p = {stat['sign_test_p']:.2f}")
+
+    rows = [[METHOD_LABELS[method]] + [cell(entry[key]) for key in PAIRED_METRICS] for method, entry in paired.items()]
+    title = ("Gain over random init within each seed (AP points; same scenes and fine-tuning seed; "
+             "p: one-sided sign test, the chance of that many wins if the init made no difference)")
+    return (f"**{title}**\n\n" if markdown else f"{title}\n") + table(["init", "AP box gain", "AP mask gain"], rows,
+                                                                        markdown)
 
 
 def plot(summary: dict, path: Path) -> Path:
