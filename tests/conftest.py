@@ -1,6 +1,7 @@
 """Shared fixtures: tiny pretraining overrides and a folder of small real images."""
 
 import os
+import shutil
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its threads (see mcl/__init__.py)
 
@@ -56,3 +57,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def module_tmp_path(tmp_path_factory, request):
+    """A folder shared by one test module's fixtures, removed once the module's tests are done
+    unless one of them failed. Runs write checkpoints of 100-400 MB and a CI disk is not large:
+    with ``tmp_path_retention_policy = "failed"`` (pyproject) this keeps the suite's peak disk use to
+    about one run at a time instead of the sum of all of them."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)

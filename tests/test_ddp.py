@@ -12,8 +12,8 @@ SCRIPT = Path(__file__).with_name("ddp_pretrain_script.py")
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
+def ddp_run(module_tmp_path):
+    out = module_tmp_path
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run([sys.executable, str(SCRIPT), str(out), "3"], env=env, capture_output=True, text=True,
                             timeout=600)

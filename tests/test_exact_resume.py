@@ -17,8 +17,8 @@ COMMON = [*SMALL_PRETRAIN, f"trainer.max_steps={STEPS}", "trainer.checkpoint_eve
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference") / "run"
+def reference(module_tmp_path):
+    out = module_tmp_path / "run"
     code, text = run(["pretrain", "--out", str(out), *COMMON])
     assert code == 0, text[-3000:]
     return out

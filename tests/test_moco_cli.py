@@ -18,8 +18,8 @@ TINY_MOCO = [
 
 
 @pytest.fixture(scope="module")
-def moco_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("moco") / "run"
+def moco_run(module_tmp_path):
+    out = module_tmp_path / "run"
     code = main(["pretrain-moco", "--out", str(out), *TINY_MOCO])
     return code, out
 

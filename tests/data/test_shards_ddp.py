@@ -16,8 +16,8 @@ SIZES = [150, 10, 10, 54]          # 224 samples; batch 32 x 2 ranks: 3 batches 
 
 
 @pytest.fixture(scope="module")
-def ddp_shard_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp_shards")
+def ddp_shard_run(module_tmp_path):
+    root = module_tmp_path
     make_shards(root / "shards", SIZES)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run([sys.executable, str(SCRIPT), str(root / "shards"), str(root / "run"), "7"], env=env,

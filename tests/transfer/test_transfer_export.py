@@ -42,6 +42,7 @@ def write_checkpoint(folder, overrides, seed):
                 value.copy_(torch.rand(value.shape, generator=gen) + 0.5)
             else:
                 value.copy_(torch.randn(value.shape, generator=gen))
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "pretrain.ckpt"
     torch.save({"state_dict": state, "hyper_parameters": {"config": config}, "mcl_format": "mcl-pretrain/1",
                 "global_step": 0}, path)
@@ -49,8 +50,8 @@ def write_checkpoint(folder, overrides, seed):
 
 
 @pytest.fixture(scope="module")
-def r50(tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("r50"), ["model.arch=resnet50"], seed=0)
+def r50(module_tmp_path):
+    return write_checkpoint(module_tmp_path / "r50", ["model.arch=resnet50"], seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +60,9 @@ def r50_detector():
 
 
 @pytest.fixture(scope="module")
-def lightning_run(tmp_path_factory):
+def lightning_run(module_tmp_path):
     """A real (tiny, 1-step) `mcl pretrain` run: its last.ckpt is what users export."""
-    out = tmp_path_factory.mktemp("run") / "run"
+    out = module_tmp_path / "run"
     assert main(["pretrain", "--out", str(out), *TINY_PRETRAIN, "trainer.max_steps=1"]) == 0
     return out / "last.ckpt"
 

@@ -175,9 +175,9 @@ def test_init_from_an_mcl_pretraining_checkpoint_takes_backbone_fpn_and_head_con
 
 
 @pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory):
+def synthetic_run(module_tmp_path):
     """`mcl finetune` with no data flags (synthetic scenes), initialised from a torchvision ResNet-18 file."""
-    root = tmp_path_factory.mktemp("finetune")
+    root = module_tmp_path
     init = root / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), init)
     with contextlib.redirect_stdout(io.StringIO()) as out:
