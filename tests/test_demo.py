@@ -46,13 +46,14 @@ def test_paired_gains_count_wins_within_each_seed_and_give_the_sign_test():
     assert box["diffs"] == pytest.approx([2.0, 1.0, -1.0])
     assert box["mean"] == pytest.approx(2.0 / 3) and box["wins"] == 2 and box["n"] == 3
     assert box["sign_test_p"] == pytest.approx(4 / 8)                         # P(X >= 2), X ~ Bin(3, 1/2)
+    assert box["t_test_p"] == pytest.approx(0.2643, abs=5e-4)                 # t = 0.756 on 2 df
     assert gains["mcl"]["segm/AP"]["mean"] == pytest.approx(1.0 / 3)           # mask AP is half the box AP here
     assert paired_gains(per_seed, ["mcl"]) == {}                              # no random init: nothing to pair
     five_wins = {str(s): {"mcl": _record(0.2), "random": _record(0.1, pretrain=False)} for s in range(5)}
     assert paired_gains(five_wins, ["mcl", "random"])["mcl"]["bbox/AP"]["sign_test_p"] == pytest.approx(1 / 32)
     summary = {**_summary(per_seed, [0, 1, 2]), "paired_vs_random": gains}
     line = next(x for x in render_table(summary).splitlines() if x.startswith("MCL") and "wins" in x)
-    assert "+0.7 ± 1.5, wins 2/3, p = 0.50" in line
+    assert "+0.7 ± 1.5, wins 2/3, p = 0.50 (sign), 0.264 (t)" in line
 
 
 def test_table_and_chart(tmp_path):

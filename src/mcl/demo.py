@@ -28,7 +28,6 @@ Outputs in ``--out``: ``results.json`` (every figure), ``results.md`` (the table
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import statistics
@@ -43,6 +42,7 @@ from typing import Callable
 
 from mcl.atomic import write_atomic
 from mcl.errors import UserError
+from mcl.stats import paired_t_test_p, sign_test_p
 
 METHODS = ("mcl", "moco", "random")                      # the default comparison: equal epochs
 EQUAL_TIME = "moco_time"                                # opt-in: MoCo v2 given MCL's pretraining wall-clock
@@ -335,8 +335,9 @@ def paired_gains(per_seed: dict, methods, baseline: str = "random") -> dict:
     """Each method's AP gain over ``baseline`` within a seed (same scenes, same fine-tuning seed), in AP points.
 
     Per method and metric: ``d_s = AP_method(s) - AP_baseline(s)``; mean and sample std of ``d_s``, ``wins``
-    (``d_s > 0``) out of ``n`` seeds, and the one-sided sign-test p-value ``P(X >= wins)``, X ~ Binomial(n, 1/2):
-    the chance of that many wins if the init made no difference. Pairing removes the between-seed spread
+    (``d_s > 0``) out of ``n`` seeds, the one-sided sign-test p-value ``P(X >= wins)``, X ~ Binomial(n, 1/2)
+    (the chance of that many wins if the init made no difference), and the one-sided paired t-test p-value
+    (``mcl.stats``: uses the sizes of the gains, assumes them roughly normal). Pairing removes the between-seed spread
     (scene sets and fine-tuning noise) that the unpaired ``mean ± std`` columns carry. Empty without ``baseline``.
     """
     if baseline not in methods:
@@ -357,17 +358,11 @@ def paired_gains(per_seed: dict, methods, baseline: str = "random") -> dict:
                 if ours is not None and theirs is not None:
                     diffs.append(100.0 * (ours - theirs))
             wins = sum(d > 0 for d in diffs)
-            entry[key] = {**_mean_std(diffs), "wins": wins, "sign_test_p": _sign_test_p(wins, len(diffs)),
+            entry[key] = {**_mean_std(diffs), "wins": wins, "sign_test_p": sign_test_p(wins, len(diffs)),
+                          "t_test_p": paired_t_test_p(diffs),
                           "diffs": diffs}
         gains[method] = entry
     return gains
-
-
-def _sign_test_p(wins: int, n: int) -> float | None:
-    """One-sided sign test: P(Binomial(n, 1/2) >= wins)."""
-    if n == 0:
-        return None
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -419,12 +414,14 @@ def render_paired(paired: dict, markdown: bool = False) -> str:
     def cell(stat: dict) -> str:
         if stat.get("mean") is None:
             return "-"
+        t_p = stat.get("t_test_p")
         return (f"{stat['mean']:+.1f} ± {stat['std']:.1f}, wins {stat['wins']}/{stat['n']}, "
-                f"p = {stat['sign_test_p']:.2f}")
+                f"p = {stat['sign_test_p']:.2f} (sign)" + (f", {t_p:.3f} (t)" if t_p is not None else ""))
 
     rows = [[METHOD_LABELS[method]] + [cell(entry[key]) for key in PAIRED_METRICS] for method, entry in paired.items()]
     title = ("Gain over random init within each seed (AP points; same scenes and fine-tuning seed; "
-             "p: one-sided sign test, the chance of that many wins if the init made no difference)")
+             "p: one-sided sign test, the chance of that many wins if the init made no difference; "
+             "and one-sided paired t-test on the gains)")
     return (f"**{title}**\n\n" if markdown else f"{title}\n") + table(["init", "AP box gain", "AP mask gain"], rows,
                                                                         markdown)
 
