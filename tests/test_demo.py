@@ -141,6 +141,8 @@ def test_tiny_demo_runs_every_stage_reuses_them_and_repeats_exactly(tmp_path):
 
     again = _demo(tmp_path / "a")
     assert again.returncode == 0 and again.stdout.count("reusing") == 3     # pretrain + 2 fine-tunes
+    assert summary["stages_reused"] == 0
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["stages_reused"] == 3
 
     second = _demo(tmp_path / "b")
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]

@@ -174,7 +174,7 @@ def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say, threads: in
     record = _stage_record(folder, args)
     if record:
         say(f"  reusing {folder} (done earlier with the same arguments)")
-        return record
+        return {**record, "reused": True}
     shutil.rmtree(folder, ignore_errors=True)       # an interrupted or changed stage starts again from scratch
     seconds = _run(_mcl(command, *args), out / f"seed{seed}" / f"pretrain_{method}.log", say, threads)
     first, last = _loss_ends(folder / "logs" / "metrics.csv")
@@ -197,7 +197,7 @@ def finetune(out: Path, init: str, name: str, plan: DemoPlan, seed: int, scenes:
     record = _stage_record(folder, args)
     if record:
         say(f"  reusing {folder} (done earlier with the same arguments)")
-        return record
+        return {**record, "reused": True}
     shutil.rmtree(folder, ignore_errors=True)
     seconds = _run(_mcl("finetune", *args), out / f"seed{seed}" / f"finetune_{name}.log", say, threads)
     results = json.loads((folder / "eval" / "results.json").read_text())
@@ -300,7 +300,11 @@ def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ..
                           if EQUAL_TIME in methods else ""),
                "per_seed": per_seed, "aggregate": aggregate(per_seed, methods),
                "paired_vs_random": paired_gains(per_seed, methods),
+               # wall-clock of this call only: stages reused from an earlier call count ~0 here (their own
+               # "seconds" keep the time they took when they ran)
                "elapsed_s": time.perf_counter() - start, "seed_elapsed_s": seed_seconds,
+               "stages_reused": sum(bool(stage.get("reused")) for runs in per_seed.values()
+                                    for run in runs.values() for stage in run.values()),
                "machine": _machine(), "jobs": jobs,
                "threads_per_stage": threads,
                "stage_seconds_total": sum(stage["seconds"] for runs in per_seed.values() for run in runs.values()
