@@ -109,7 +109,7 @@ def fit(cfg, module, datamodule, resume: bool, describe) -> int:
         if trainer.is_global_zero:
             print(f"mcl: {stop.message()}", flush=True)
         return 0
-    trainer.save_checkpoint(run_dir / "last.ckpt")
+    trainer.save_checkpoint(run_dir / "last.ckpt", weights_only=False)   # full state: --resume continues from it
     if trainer.is_global_zero:
         print(describe(summary, trainer, run_dir / "last.ckpt"), flush=True)
         print(f"non-finite steps skipped: {nonfinite.skipped} (train/nonfinite_skipped in the logs)", flush=True)
