@@ -48,7 +48,7 @@ class ModelConfig:
     neck_hidden: int = 2048
     embed_dim: int = 256
     predictor_hidden: int = 2048
-    compute_mode: Literal["efficient", "faithful"] = "faithful"   # the released code's compute
+    compute_mode: Literal["efficient", "faithful"] = "efficient"  # faithful: the released code's compute
     momentum_base: float = 0.99                                    # EMA m_0 (cosine to 1.0)
     sync_bn: bool | Literal["auto"] = "auto"                       # auto: SyncBN with > 1 process
     activation_checkpointing: bool = False                         # recompute backbone stages in backward
