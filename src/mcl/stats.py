@@ -24,10 +24,10 @@ def sign_test_p(wins: int, n: int) -> float | None:
 def student_t_sf(t: float, df: int) -> float:
     """``P(T >= t)`` for Student's t with an integer ``df >= 1`` (closed form, Abramowitz & Stegun 26.7.3-4).
 
-    With ``theta = atan(|t| / sqrt(df))``, ``A = P(|T| < |t|)`` is a finite series in ``cos(theta)``:
-    odd df: ``A = (2/pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))`` (df - 3 terms' worth of
-    powers; just ``2 theta / pi`` for df = 1); even df: ``A = sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)`` up
-    to ``cos^(df-2)``. Then ``P(T >= t) = (1 - A) / 2`` for ``t >= 0`` and ``(1 + A) / 2`` below.
+    With ``theta = atan(|t| / sqrt(df))``, ``s = sin(theta)``, ``c = cos(theta)``, ``A = P(|T| < |t|)`` is:
+    df = 1: ``2 theta / pi``; other odd df: ``(2/pi) (theta + s c (1 + 2/3 c^2 + 2*4/(3*5) c^4 + ...))`` up to
+    ``c^(df-3)``; even df: ``s (1 + 1/2 c^2 + 1*3/(2*4) c^4 + ...)`` up to ``c^(df-2)``. Then
+    ``P(T >= t) = (1 - A) / 2`` for ``t >= 0`` and ``(1 + A) / 2`` below.
     """
     if df < 1 or int(df) != df:
         raise ValueError(f"degrees of freedom must be a positive integer, got {df}")
@@ -35,19 +35,14 @@ def student_t_sf(t: float, df: int) -> float:
         return 0.0 if t > 0 else 1.0
     theta = math.atan(abs(t) / math.sqrt(df))
     s, c = math.sin(theta), math.cos(theta)
-    if df % 2:
-        series, term = 0.0, 1.0
-        if df > 1:
-            series = 1.0
-            for k in range(1, (df - 3) // 2 + 1):
-                term *= (2 * k) / (2 * k + 1) * c * c
-                series += term
+    odd = df % 2 == 1
+    series, term = 1.0, 1.0
+    for k in range(1, (df - 1) // 2 if odd else df // 2):    # the powers c^2 .. c^(df-3) (odd), .. c^(df-2) (even)
+        term *= ((2 * k) / (2 * k + 1) if odd else (2 * k - 1) / (2 * k)) * c * c
+        series += term
+    if odd:
         a = 2 / math.pi * (theta + (s * c * series if df > 1 else 0.0))
     else:
-        series, term = 1.0, 1.0
-        for k in range(1, (df - 2) // 2 + 1):
-            term *= (2 * k - 1) / (2 * k) * c * c
-            series += term
         a = s * series
     a = min(max(a, 0.0), 1.0)
     return (1 - a) / 2 if t >= 0 else (1 + a) / 2
