@@ -2,13 +2,15 @@
 # GPU check: what only a GPU can measure, in one run of under 8 minutes on one H100/H200.
 #   1. `mcl bench` at paper mode (ResNet-50, B = 128, 224 px, 4 levels): faithful and efficient, each also
 #      with activation checkpointing; supervised ResNet-50, our MoCo v2 and lightly's MoCo v2 on the same
-#      batch; bf16 autocast + channels_last; FLOPs; data-pipeline rates per core; loader wait at 7 workers.
+#      batch; the body floor (ResNet body passes alone: efficient's lower bound); bf16 autocast +
+#      channels_last; FLOPs and TFLOP/s; data-pipeline rates per core; loader wait at 7 workers.
 #   2. where the step's time goes (benchmarks/profile_step.py): device time by kernel kind, by phase and by model
 #      part, and how busy the GPU is, for faithful, efficient and supervised ResNet-50 at paper mode.
 #   3. a real `mcl pretrain` of a few dozen steps at paper mode on the synthetic scenes through Lightning
 #      (bf16-mixed, channels_last auto), per-image augmentation in loader workers, then the same with
 #      data.augment_on=device when this version has it: the trainer's own img/s and the loss.
-#   4. the efficient step with torch.compile'd ResNet bodies (last and time-limited: compiling can be slow).
+#   4. the efficient step and the body floor with torch.compile'd ResNet bodies (last and time-limited:
+#      compiling can be slow; COMPILE_LIMIT seconds, default 150).
 # Each part has its own time limit and writes its own files; a failing part does not stop the others.
 #
 # Usage, from anywhere:   bash benchmarks/gpu_check.sh
@@ -19,6 +21,7 @@
 #   RESULTS=benchmarks/results   where the JSON + markdown go
 #   BENCH_DEVICE=cuda        `cpu` runs the same flow on a CPU with tiny settings, to test this script
 #   PARTS="1 2 3 4"          which parts to run
+#   COMPILE_LIMIT=150        seconds for part 4
 # Dependencies: torch, torchvision, lightning, pyyaml, pillow, numpy must import. Wheels in the repository's
 # (git-ignored) `.whl/` folder, e.g. lightly's, are installed with `--no-deps` into /tmp/mcl-site first.
 # mcl itself is used from `src/` (PYTHONPATH) when it is not installed.
@@ -71,15 +74,27 @@ else
 fi
 JSON="$RESULTS/bench-$NAME.json"
 PARTS=${PARTS:-1 2 3 4}
+COMPILE_LIMIT=${COMPILE_LIMIT:-150}   # part 4: compiling takes 1 to 2 minutes, longer on a slow host CPU
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
-part 1 && echo "== 1. mcl bench (paper mode on $NAME)" && { timeout 240 $PY -m mcl.cli bench --device "$DEVICE" "${SHRINK[@]}" --precision bf16 --channels-last \
-  --quick --repeats 10 --budget "$BUDGET" --activation-checkpointing --out "$JSON"
-echo "bench exit status: $?"; }
+# status of a part and whether it wrote its file (files are removed before a part runs, so a part that
+# dies or times out never leaves an earlier run's file to be copied as its own)
+WROTE=()   # the files this run wrote (only these are copied to $OUT)
+report() {
+  echo "$1 exit status: $2$([ "$2" = 124 ] && echo ' (timed out)')$([ -f "$3" ] || echo '; no result file written')"
+  for f in "${@:3}"; do [ -f "$f" ] && WROTE+=("$f"); done
+  return 0
+}
 
-part 2 && echo "== 2. where the step's time goes (torch.profiler)" && { timeout 100 $PY benchmarks/profile_step.py \
+part 1 && echo "== 1. mcl bench (paper mode on $NAME)" && { rm -f "$JSON" "${JSON%.json}.md"
+timeout 240 $PY -m mcl.cli bench --device "$DEVICE" "${SHRINK[@]}" --precision bf16 --channels-last \
+  --quick --repeats 10 --budget "$BUDGET" --activation-checkpointing --out "$JSON"
+report bench $? "$JSON" "${JSON%.json}.md"; }
+
+part 2 && echo "== 2. where the step's time goes (torch.profiler)" && { rm -f "$RESULTS/profile-$NAME.json"
+timeout 100 $PY benchmarks/profile_step.py \
   --device "$DEVICE" "${PROFILE_ARGS[@]}" --channels-last --json "$RESULTS/profile-$NAME.json" 2>&1 | grep -v -E "^(USDT|ERROR|WARNING):"
-echo "profile exit status: ${PIPESTATUS[0]}"; }
+report profile "${PIPESTATUS[0]}" "$RESULTS/profile-$NAME.json"; }
 
 part 3 && echo "== 3. mcl pretrain through Lightning ($STEPS steps)"
 for AUG in loader device; do
@@ -112,12 +127,13 @@ EOF
   fi
 done
 
-part 4 && echo "== 4. efficient step with torch.compile" && { timeout 120 $PY -m mcl.cli bench --device "$DEVICE" "${SHRINK[@]}" --precision bf16 --channels-last \
-  --quick --skip-flops --skip-data --no-references --modes efficient --compile --repeats 6 \
-  --out "$RESULTS/bench-$NAME-compile.json" 2>&1 | grep -v -E "^  efficient(\+compile)?: " || true
-echo "compile bench exit status: ${PIPESTATUS[0]}"; }
+part 4 && echo "== 4. efficient step and body floor with torch.compile" && { rm -f "$RESULTS/bench-$NAME-compile".*
+timeout "$COMPILE_LIMIT" $PY -m mcl.cli bench --device "$DEVICE" "${SHRINK[@]}" --precision bf16 --channels-last \
+  --quick --skip-data --no-references --modes efficient --compile --repeats 6 \
+  --out "$RESULTS/bench-$NAME-compile.json" 2>&1 | grep -v -E "^  (efficient|body floor)(\+compile)?: "
+report "compile bench" "${PIPESTATUS[0]}" "$RESULTS/bench-$NAME-compile.json" "$RESULTS/bench-$NAME-compile.md"; }
 
-if [ -n "${OUT:-}" ]; then
-  cp -f "$RESULTS/bench-$NAME".* "$RESULTS/bench-$NAME-compile.json" "$RESULTS/profile-$NAME.json" "$OUT"/ 2>/dev/null || true
+if [ -n "${OUT:-}" ] && [ ${#WROTE[@]} -gt 0 ]; then
+  cp -f "${WROTE[@]}" "$OUT"/
 fi
 echo "== done in ${SECONDS} s"

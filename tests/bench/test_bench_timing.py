@@ -27,3 +27,36 @@ def test_mcl_step_variants_with_compile_and_checkpointing_are_labelled():
                       activation_checkpointing=True)
     assert step.info["activation_checkpointing"] and not step.info["compile"]
     step.run()
+
+
+def test_body_floor_runs_the_online_body_on_every_montage_and_the_target_on_level_zero():
+    from mcl.bench.suite import TINY_OVERRIDES, load_recipe
+    from mcl.train import build_model
+
+    cfg = load_recipe("cpu_smoke", TINY_OVERRIDES)
+    crops = T.random_crops(cfg, torch.device("cpu"))
+    step = T.body_floor_step(cfg, crops, torch.device("cpu"))
+    montages = build_model(cfg).num_montages(cfg.data.batch_size)
+    assert step.info["online_images"] == 2 * sum(montages) and step.info["target_images"] == 2 * montages[0]
+    target_stats = step.modules["target"].layer1[0].bn1.running_mean.clone()
+    step.run()
+    assert all(p.grad is not None for p in step.modules["online"].parameters())
+    assert all(p.grad is None for p in step.modules["target"].parameters())
+    assert not torch.equal(step.modules["target"].layer1[0].bn1.running_mean, target_stats)   # it ran, in train mode
+
+
+def test_flop_rates_are_counted_flops_over_median_time_relative_to_supervised():
+    from mcl.bench.suite import TINY_OVERRIDES, flop_rates, load_recipe
+
+    cfg = load_recipe("cpu_smoke", TINY_OVERRIDES)
+    parts = {"backbone": {"total": 30}, "target.backbone": {"total": 10}, "neck": {"total": 50}}
+    settings = {"tiny": {"recipe": "cpu_smoke", "modes": {"efficient": {"total_flops": 100, "parts": parts}}}}
+    variants = {"efficient": {"info": {"kind": "mcl", "compute_mode": "efficient"}, "median_s": 2.0},
+                "body floor": {"info": {"kind": "body_floor"}, "median_s": 1.0},
+                "supervised resnet18": {"info": {"kind": "supervised"}, "median_s": 0.5}}
+    flop_rates(variants, cfg, "cpu_smoke", [], settings, tiny=True)
+    assert variants["efficient"]["tflop_per_s"] == 50 / 1e12
+    assert variants["body floor"]["flops_per_step"] == 40
+    sup = variants["supervised resnet18"]
+    assert sup["rate_vs_supervised"] == 1.0 and sup["flops_per_step"] > 0
+    assert variants["body floor"]["rate_vs_supervised"] == 40 / (sup["flops_per_step"] / 0.5)

@@ -75,3 +75,25 @@ def test_loss_windows_averages_each_window(tmp_path):
     missing = subprocess.run([sys.executable, "benchmarks/loss_windows.py", str(tmp_path / "nope")], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "no logs/metrics.csv" in missing.stderr
+
+
+def test_gpu_check_copies_only_the_files_this_run_wrote(tmp_path):
+    """Part 1 of the GPU check, on the CPU at tiny size: it reports its status and writes the bench files,
+    and an earlier run's file of a part that did not run (here part 4's) is never passed off as new."""
+    import json
+    import os
+
+    results, out = tmp_path / "results", tmp_path / "out"
+    results.mkdir()
+    out.mkdir()
+    (results / "bench-cpu-check-compile.json").write_text("{}")       # left by an earlier run
+    env = dict(os.environ, BENCH_DEVICE="cpu", RESULTS=str(results), OUT=str(out), PARTS="1", BENCH_BUDGET="1",
+               PYTHON=sys.executable)
+    run = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "bench exit status: 0" in run.stdout and "no result file written" not in run.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["bench-cpu-check.json", "bench-cpu-check.md"]
+    variants = json.loads((out / "bench-cpu-check.json").read_text())["timing"]["variants"]
+    assert {"faithful", "efficient", "body floor", "efficient+ckpt"} <= set(variants)
+    assert variants["body floor"]["flops_per_step"] < variants["efficient"]["flops_per_step"]

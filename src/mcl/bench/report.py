@@ -103,19 +103,20 @@ def timing_section(results: dict, markdown: bool = False) -> str:
         return ""
     if "error" in t:
         return f"Step time: failed: {t['error']}"
-    headers = ["variant", "setting", "B", "median s/step", "min-max s", "CPU s/step", "unique img/s", "peak MiB",
-               "repeats"]
+    headers = ["variant", "setting", "B", "median s/step", "min-max s", "CPU s/step", "unique img/s", "TFLOP/s",
+               "x sup. rate", "peak MiB", "repeats"]
     rows = []
     for name, v in t["variants"].items():
         info = v.get("info", {})
         setting = f"{info.get('arch', '')} {info.get('crop_size', '')}px"
         if "error" in v and not v.get("times_s"):
-            rows.append([name, setting, str(v["images"]), "failed", v["error"][:50], "-", "-", "-", "0"])
+            rows.append([name, setting, str(v["images"]), "failed", v["error"][:50]] + ["-"] * 5 + ["0"])
             continue
         peak = v.get("peak_bytes_max")
         rows.append([name, setting, str(v["images"]), _fmt(v.get("median_s"), 3),
                      f"{_fmt(v.get('min_s'), 2)}-{_fmt(v.get('max_s'), 2)}", _fmt(v.get("median_cpu_s"), 2),
-                     _fmt(v.get("images_per_s"), 1),
+                     _fmt(v.get("images_per_s"), 1), _fmt(v.get("tflop_per_s"), 3 if v.get("tflop_per_s", 0) < 1 else 1),
+                     _fmt(v.get("rate_vs_supervised"), 2),
                      _fmt(peak / MIB if peak is not None else None, 0), str(v.get("repeats", 0))])
     lines = [_title(f"Step time: {t['label']} ({t['device_name']}, {t['precision']}"
                     f"{', channels_last' if t.get('channels_last') else ''}; whole step: fwd, bwd, clip, "
@@ -130,9 +131,22 @@ def timing_section(results: dict, markdown: bool = False) -> str:
                      f"{r['median_of_paired']:.3f} (median of {r['pairs']} paired repeats)"
                      + (f", {r['of_cpu_medians']:.3f} (process CPU time)" if r.get("of_cpu_medians") else "")
                      + (f"; FLOP ratio at this setting {flop_r:.3f}" if flop_r else ""))
+    floor = t.get("ratios", {}).get("body_floor_over_faithful")
+    if floor:
+        info = t["variants"]["body floor"]["info"]
+        flop_r = t.get("flop_ratio")
+        notes.append(f"body floor = the ResNet body passes alone (online fwd+bwd on {info.get('online_images')} "
+                     f"montages, target fwd on {info.get('target_images')} crops; nothing else): "
+                     f"floor / faithful step time = {floor['of_medians']:.3f}: a lower bound on efficient / faithful "
+                     f"at this precision and format (efficient runs these passes and more)"
+                     + (f" (FLOP ratio {flop_r:.3f})" if flop_r else ""))
     for name, rr in t.get("ratios", {}).items():
-        if name != "efficient_over_faithful" and rr:
+        if name not in ("efficient_over_faithful", "body_floor_over_faithful") and rr:
             notes.append(f"{name.replace('_over_', ' / ').replace('_', ' ')} step time = {rr['of_medians']:.2f}")
+    if any(v.get("tflop_per_s") for v in t["variants"].values()):
+        notes.append("TFLOP/s = counted FLOPs per step (the FLOP table's, model FLOPs: recomputation not counted) / "
+                     "median step time; x sup. rate = that / the supervised ResNet step's TFLOP/s (1 = the step "
+                     "costs what its FLOPs cost in plain ResNet training on this device)")
     lines.append(_bullets(notes, markdown))
     return "\n".join(lines)
 

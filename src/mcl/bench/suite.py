@@ -47,6 +47,7 @@ class BenchOptions:
     data: bool = True
     loader: bool = True
     references: bool = True
+    floor: bool = True                   # time the "body floor" (ResNet body passes only) beside efficient
     recipe: str | None = None            # timing recipe (name or YAML); default: by device
     overrides: list[str] = field(default_factory=list)
     precision: str | None = None         # fp32 | bf16; default: bf16 on CUDA, fp32 on CPU
@@ -252,6 +253,11 @@ def timing_section(opts: BenchOptions, device: torch.device, precision: str, cha
                 steps.append(T.lightly_moco_step(arch, b, s, device, precision, channels_last, queue_size=queue))
             except ImportError as exc:
                 log(f"  lightly's MoCo v2 not timed ({exc}; pip install lightly)")
+    if opts.floor and "efficient" in opts.modes:
+        steps.append(T.body_floor_step(cfg, crops, device, precision, channels_last))
+        if opts.compile:
+            steps.append(T.body_floor_step(cfg, crops, device, precision, channels_last, compile=True,
+                                           name="body floor+compile"))
     log(f"timing {recipe} ({arch}, B={b}, {s}px) on {device}: warm-up {sizes['warmup']}, "
         f"up to {sizes['repeats']} interleaved repeats")
     variants = T.time_interleaved(steps, device, warmup=sizes["warmup"], repeats=sizes["repeats"],
@@ -262,12 +268,20 @@ def timing_section(opts: BenchOptions, device: torch.device, precision: str, cha
                                                                                          step.name.split("+")[0])
     for mode in opts.modes:
         for ref in steps[n_mcl:]:
-            if ref.info["kind"] != "lightly_moco_v2":
+            if ref.info["kind"] not in ("lightly_moco_v2", "body_floor"):
                 ratios[f"{mode}_over_{ref.name.split()[0].lower()}"] = T.ratio(variants, mode, ref.name)
     mocos = [x.name for x in steps if x.info["kind"] == "moco_v2"]
     peers = [x.name for x in steps if x.info["kind"] == "lightly_moco_v2"]
     if mocos and peers:
         ratios["moco_v2_over_lightly"] = T.ratio(variants, mocos[0], peers[0])
+    if "body floor" in variants:
+        ratios["efficient_over_body_floor"] = T.ratio(variants, "efficient", "body floor")
+        ratios["body_floor_over_faithful"] = T.ratio(variants, "body floor", "faithful")
+    if "body floor+compile" in variants:
+        ratios["efficient_compile_over_body_floor_compile"] = T.ratio(variants, "efficient+compile",
+                                                                      "body floor+compile")
+        ratios["body_floor_compile_over_faithful_compile"] = T.ratio(variants, "body floor+compile",
+                                                                     "faithful+compile")
     out = {"recipe": recipe, "overrides": overrides, "label": "tiny (tests only)" if opts.tiny else recipe_label(cfg, recipe),
            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"),
            "precision": precision, "channels_last": channels_last, "torch_threads": torch.get_num_threads(),
@@ -280,12 +294,67 @@ def timing_section(opts: BenchOptions, device: torch.device, precision: str, cha
     elif {"faithful", "efficient"} <= set(opts.modes):
         counts = {m: F.mcl_step_flops(cfg, m).total for m in ("faithful", "efficient")}
         out["flop_ratio"] = counts["efficient"] / counts["faithful"]
+    try:
+        flop_rates(variants, cfg, recipe, overrides, flop_settings, opts.tiny)
+    except Exception as exc:      # the rates are a reading aid: never lose the timings over them
+        out["flop_rate_error"] = f"{type(exc).__name__}: {exc}"
     out["config"] = to_dict(cfg)
     del steps, crops
     gc.collect()                 # free the timed models before the loader-wait loop builds its own
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+def flop_rates(variants: dict, cfg, recipe: str, overrides: list[str], flop_settings: dict, tiny: bool) -> None:
+    """Adds ``flops_per_step`` and ``tflop_per_s`` (counted FLOPs / median step time) to each timed variant,
+    and ``rate_vs_supervised`` (its FLOP rate / the supervised ResNet step's).
+
+    Counted FLOPs are the model's (``mcl.bench.flops``): a ``+ckpt`` variant's recomputed forward and a
+    ``+compile`` variant's fusions do not change them. The body floor's are the efficient count's
+    ``backbone`` + ``target.backbone`` parts; lightly's MoCo v2 is given our MoCo v2's count (same
+    ResNet, head and queue). FLOP rate / supervised rate = 1 means the step costs exactly what its FLOPs
+    cost in plain ResNet training on the same device.
+    """
+    from mcl.bench import flops as F
+
+    b, s, arch = cfg.data.batch_size, cfg.data.crop_size, cfg.model.arch
+    same = [v for v in flop_settings.values() if v.get("recipe") == recipe and not overrides]
+    cache: dict = {}   # mode -> FLOP count (dict); "moco" -> FLOPs per image
+
+    def mcl_count(mode: str) -> dict:
+        if same and mode in same[0]["modes"]:
+            return same[0]["modes"][mode]
+        if mode not in cache:
+            cache[mode] = F.mcl_step_flops(cfg, mode).as_dict()
+        return cache[mode]
+
+    for name, v in variants.items():
+        kind = v.get("info", {}).get("kind")
+        if kind == "mcl":
+            flops = mcl_count(v["info"]["compute_mode"])["total_flops"]
+        elif kind == "body_floor":
+            count = mcl_count("efficient")
+            flops = sum(count["parts"][p]["total"] for p in ("backbone", "target.backbone") if p in count["parts"])
+        elif kind == "supervised":
+            flops = F.supervised_step_flops(arch, s, batch_size=2).per_image * b
+        elif kind in ("moco_v2", "lightly_moco_v2"):
+            if "moco" not in cache:
+                queue = 16 if tiny else 65536
+                cache["moco"] = F.moco_step_flops(arch, s, batch_size=min(b, 8 if tiny else 32),
+                                                  queue_size=queue).per_image
+            flops = cache["moco"] * b
+        else:
+            continue
+        v["flops_per_step"] = flops
+        if v.get("median_s"):
+            v["tflop_per_s"] = flops / v["median_s"] / 1e12
+    sup = next((v for v in variants.values() if v.get("info", {}).get("kind") == "supervised"
+                and v.get("tflop_per_s")), None)
+    if sup:
+        for v in variants.values():
+            if v.get("tflop_per_s"):
+                v["rate_vs_supervised"] = v["tflop_per_s"] / sup["tflop_per_s"]
 
 
 def device_batch(opts: BenchOptions, device: torch.device, crop: int, cfg) -> int:

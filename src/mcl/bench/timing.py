@@ -125,6 +125,7 @@ class Step:
     run: Callable[[], None]
     images: int
     info: dict = field(default_factory=dict)
+    modules: dict[str, nn.Module] = field(default_factory=dict)   # for inspection (tests); not reported
 
 
 def _channels_last(model: nn.Module, on: bool) -> nn.Module:
@@ -180,6 +181,53 @@ def mcl_step(cfg, compute_mode: str, crops: Tensor | Callable[[], Tensor], devic
                 {"kind": "mcl", "compute_mode": compute_mode, "arch": cfg.model.arch,
                  "crop_size": cfg.data.crop_size, "batch_size": cfg.data.batch_size, "compile": compile,
                  "activation_checkpointing": activation_checkpointing})
+
+
+def body_floor_step(cfg, crops: Tensor, device: torch.device, precision: str = "fp32", channels_last: bool = False,
+                    seed: int = 0, compile: bool = False, name: str = "body floor") -> Step:
+    """The ResNet body passes that every MCL step on the paper's montage pyramid must make, and nothing else.
+
+    Per view ``v``: the online body forward on the view's montages (``sum_i M_i`` images, 2 x 172 in
+    paper mode) and the target body forward (no grad) on its level-0 crops (``B``); one backward of
+    ``sum_v sum_k mean(C_k)`` through the online body. No FPN, neck, predictors, loss, optimizer or EMA.
+    Efficient mode computes exactly these body passes plus the small parts it keeps, so this step's time
+    is the lowest any efficient step can reach with this backbone and batch: ``floor / faithful`` bounds
+    the efficient / faithful step-time ratio from below. Montages are built once, before timing.
+    ``compile``: both bodies ``torch.compile``'d, as ``trainer.compile`` does (the bound for ``+compile``).
+    """
+    from mcl.montage import build_pyramids
+    from mcl.train import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    online = _channels_last(model.online.backbone.body.to(device), channels_last).train()
+    target = _channels_last(model.target.backbone.body.to(device), channels_last).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        views = [(torch.cat(montages).contiguous(memory_format=fmt), montages[0].contiguous(memory_format=fmt))
+                 for montages, _ in build_pyramids(crops, model.specs, model.interpolation,
+                                                   torch.Generator().manual_seed(seed))]
+    del model
+    if compile:
+        online.compile()
+        target.compile()
+
+    def run() -> None:
+        online.zero_grad(set_to_none=True)
+        loss = 0.0
+        with autocast(device, precision):
+            for online_input, target_input in views:
+                loss = loss + sum(c.float().mean() for c in online(online_input).values())
+                with torch.no_grad():
+                    target(target_input)
+        loss.backward()
+
+    return Step(name, run, cfg.data.batch_size,
+                {"kind": "body_floor", "arch": cfg.model.arch, "crop_size": cfg.data.crop_size,
+                 "batch_size": cfg.data.batch_size, "compile": compile,
+                 "online_images": sum(x.shape[0] for x, _ in views),
+                 "target_images": sum(t.shape[0] for _, t in views)},
+                {"online": online, "target": target})
 
 
 def supervised_step(arch: str, batch_size: int, image_size: int, device: torch.device, precision: str = "fp32",

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-data", action="store_true", help="no data-pipeline rates and no loader-wait loop")
     parser.add_argument("--skip-loader", action="store_true", help="no loader-wait loop")
     parser.add_argument("--no-references", action="store_true", help="time MCL only (no supervised / MoCo steps)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="do not time the body floor (the ResNet body passes alone, efficient's lower bound)")
     parser.add_argument("--compile", action="store_true",
                         help="also time each mode with torch.compile'd ResNet bodies ('<mode>+compile')")
     parser.add_argument("--activation-checkpointing", action="store_true",
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     opts = BenchOptions(
         quick=args.quick, tiny=args.tiny, device=args.device, modes=modes,
         flops=not args.skip_flops, timing=not args.skip_timing, data=not args.skip_data,
-        loader=not (args.skip_data or args.skip_loader), references=not args.no_references,
+        loader=not (args.skip_data or args.skip_loader), references=not args.no_references, floor=not args.no_floor,
         recipe=args.recipe, overrides=list(extra), precision=args.precision, channels_last=args.channels_last,
         warmup=args.warmup, repeats=args.repeats, budget_s=args.budget, num_workers=args.num_workers,
         loader_steps=args.loader_steps, data_path=args.data, compile=args.compile,
