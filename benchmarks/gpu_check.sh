@@ -22,6 +22,8 @@
 #   BENCH_DEVICE=cuda        `cpu` runs the same flow on a CPU with tiny settings, to test this script
 #   PARTS="1 2 3 4"          which parts to run
 #   COMPILE_LIMIT=150        seconds for part 4
+#   DEADLINE=470             seconds for the whole check (under the issue's 8 minutes): a part that would
+#                            start with under 20 s left is skipped, and each part's limit is cut to what is left
 # Dependencies: torch, torchvision, lightning, pyyaml, pillow, numpy must import. Wheels in the repository's
 # (git-ignored) `.whl/` folder, e.g. lightly's, are installed with `--no-deps` into /tmp/mcl-site first.
 # mcl itself is used from `src/` (PYTHONPATH) when it is not installed.
@@ -75,7 +77,14 @@ fi
 JSON="$RESULTS/bench-$NAME.json"
 PARTS=${PARTS:-1 2 3 4}
 COMPILE_LIMIT=${COMPILE_LIMIT:-150}   # part 4: compiling takes 1 to 2 minutes, longer on a slow host CPU
-part() { [[ " $PARTS " == *" $1 "* ]]; }
+DEADLINE=${DEADLINE:-470}             # seconds for the whole check: each part's limit is cut to what is left
+# part N: whether part N was asked for and there are at least 20 s left before the deadline
+part() {
+  [[ " $PARTS " == *" $1 "* ]] || return 1
+  if [ $((DEADLINE - SECONDS)) -lt 20 ]; then echo "== part $1 skipped: out of time (DEADLINE=$DEADLINE s)"; return 1; fi
+}
+# limit N: N seconds, or fewer when the deadline is nearer
+limit() { local left=$((DEADLINE - SECONDS)); echo $(( left < $1 ? left : $1 )); }
 
 # status of a part and whether it wrote its file (files are removed before a part runs, so a part that
 # dies or times out never leaves an earlier run's file to be copied as its own)
@@ -87,18 +96,18 @@ report() {
 }
 
 part 1 && echo "== 1. mcl bench (paper mode on $NAME)" && { rm -f "$JSON" "${JSON%.json}.md"
-timeout 240 $PY -m mcl.cli bench --device "$DEVICE" "${SHRINK[@]}" --precision bf16 --channels-last \
+timeout "$(limit 240)" $PY -m mcl.cli bench --device "$DEVICE" "${SHRINK[@]}" --precision bf16 --channels-last \
   --quick --repeats 10 --budget "$BUDGET" --activation-checkpointing --out "$JSON"
 report bench $? "$JSON" "${JSON%.json}.md"; }
 
 part 2 && echo "== 2. where the step's time goes (torch.profiler)" && { rm -f "$RESULTS/profile-$NAME.json"
-timeout 100 $PY benchmarks/profile_step.py \
+timeout "$(limit 100)" $PY benchmarks/profile_step.py \
   --device "$DEVICE" "${PROFILE_ARGS[@]}" --channels-last --json "$RESULTS/profile-$NAME.json" 2>&1 | grep -v -E "^(USDT|ERROR|WARNING):"
 report profile "${PIPESTATUS[0]}" "$RESULTS/profile-$NAME.json"; }
 
 part 3 && echo "== 3. mcl pretrain through Lightning ($STEPS steps)"
 for AUG in loader device; do
-  part 3 || break
+  part 3 >/dev/null || break
   RUN=/tmp/mcl-gpu-check-$AUG
   rm -rf "$RUN"
   AUG_ARG=()
@@ -106,7 +115,7 @@ for AUG in loader device; do
     grep -q augment_on src/mcl/pretrain_config.py || { echo "data.augment_on: not in this version"; continue; }
     AUG_ARG=(data.augment_on=device)
   fi
-  timeout 100 $PY -m mcl.cli pretrain --config "$PRETRAIN_CFG" --out "$RUN" trainer.max_steps=$STEPS \
+  timeout "$(limit 100)" $PY -m mcl.cli pretrain --config "$PRETRAIN_CFG" --out "$RUN" trainer.max_steps=$STEPS \
     trainer.devices=1 model.compute_mode=efficient trainer.progress_bar=false trainer.log_every_steps=5 \
     trainer.checkpoint_every_steps=100000 "${AUG_ARG[@]}" "${PRETRAIN_EXTRA[@]}" > "$LOGDIR/pretrain-$NAME-$AUG.log" 2>&1
   echo "pretrain ($AUG augmentation) exit status: $?"
@@ -128,7 +137,7 @@ EOF
 done
 
 part 4 && echo "== 4. efficient step and body floor with torch.compile" && { rm -f "$RESULTS/bench-$NAME-compile".*
-timeout "$COMPILE_LIMIT" $PY -m mcl.cli bench --device "$DEVICE" "${SHRINK[@]}" --precision bf16 --channels-last \
+timeout "$(limit "$COMPILE_LIMIT")" $PY -m mcl.cli bench --device "$DEVICE" "${SHRINK[@]}" --precision bf16 --channels-last \
   --quick --skip-data --no-references --modes efficient --compile --repeats 6 \
   --out "$RESULTS/bench-$NAME-compile.json" 2>&1 | grep -v -E "^  (efficient|body floor)(\+compile)?: "
 report "compile bench" "${PIPESTATUS[0]}" "$RESULTS/bench-$NAME-compile.json" "$RESULTS/bench-$NAME-compile.md"; }

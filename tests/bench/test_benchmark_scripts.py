@@ -97,3 +97,18 @@ def test_gpu_check_copies_only_the_files_this_run_wrote(tmp_path):
     variants = json.loads((out / "bench-cpu-check.json").read_text())["timing"]["variants"]
     assert {"faithful", "efficient", "body floor", "efficient+ckpt"} <= set(variants)
     assert variants["body floor"]["flops_per_step"] < variants["efficient"]["flops_per_step"]
+
+
+def test_gpu_check_skips_parts_once_its_deadline_has_passed(tmp_path):
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, BENCH_DEVICE="cpu", RESULTS=str(tmp_path / "results"), OUT=str(out), PARTS="1 2 3",
+               DEADLINE="0", PYTHON=sys.executable)
+    run = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    for n in (1, 2, 3):
+        assert run.stdout.count(f"== part {n} skipped: out of time") == 1
+    assert "exit status" not in run.stdout and not any(out.iterdir())
