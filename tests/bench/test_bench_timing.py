@@ -46,15 +46,19 @@ def test_body_floor_runs_the_online_body_on_every_montage_and_the_target_on_leve
 
 
 def test_flop_rates_are_counted_flops_over_median_time_relative_to_supervised():
-    from mcl.bench.suite import TINY_OVERRIDES, flop_rates, load_recipe
+    from mcl.bench.suite import TINY_OVERRIDES, flop_rates, load_recipe, mcl_flop_counts
 
     cfg = load_recipe("cpu_smoke", TINY_OVERRIDES)
     parts = {"backbone": {"total": 30}, "target.backbone": {"total": 10}, "neck": {"total": 50}}
     settings = {"tiny": {"recipe": "cpu_smoke", "modes": {"efficient": {"total_flops": 100, "parts": parts}}}}
+    counts = mcl_flop_counts(cfg, ["efficient"], "cpu_smoke", [], settings)
+    assert counts == {"efficient": settings["tiny"]["modes"]["efficient"]}          # the FLOP section's, reused
+    recounted = mcl_flop_counts(cfg, ["efficient"], "cpu_smoke", ["data.batch_size=8"], settings)
+    assert recounted["efficient"]["total_flops"] > 100                              # overrides: counted again
     variants = {"efficient": {"info": {"kind": "mcl", "compute_mode": "efficient"}, "median_s": 2.0},
                 "body floor": {"info": {"kind": "body_floor"}, "median_s": 1.0},
                 "supervised resnet18": {"info": {"kind": "supervised"}, "median_s": 0.5}}
-    flop_rates(variants, cfg, "cpu_smoke", [], settings, tiny=True)
+    flop_rates(variants, cfg, counts, tiny=True)
     assert variants["efficient"]["tflop_per_s"] == 50 / 1e12
     assert variants["body floor"]["flops_per_step"] == 40
     sup = variants["supervised resnet18"]

@@ -223,7 +223,6 @@ def timing_plan(opts: BenchOptions, device: torch.device) -> tuple[str, list[str
 
 def timing_section(opts: BenchOptions, device: torch.device, precision: str, channels_last: bool,
                    flop_settings: dict, log: Callable[[str], None]) -> dict:
-    from mcl.bench import flops as F
     from mcl.bench import timing as T
     from mcl.config import to_dict
 
@@ -287,15 +286,11 @@ def timing_section(opts: BenchOptions, device: torch.device, precision: str, cha
            "precision": precision, "channels_last": channels_last, "torch_threads": torch.get_num_threads(),
            "plan": sizes, "variants": variants, "ratios": {k: v for k, v in ratios.items() if v},
            "memory_method": next(iter(variants.values()))["memory_method"] if variants else None}
-    same = [v for v in flop_settings.values() if v.get("recipe") == recipe and not overrides
-            and "efficient_over_faithful" in v]
-    if same:
-        out["flop_ratio"] = same[0]["efficient_over_faithful"]
-    elif {"faithful", "efficient"} <= set(opts.modes):
-        counts = {m: F.mcl_step_flops(cfg, m).total for m in ("faithful", "efficient")}
-        out["flop_ratio"] = counts["efficient"] / counts["faithful"]
+    counts = mcl_flop_counts(cfg, opts.modes, recipe, overrides, flop_settings)
+    if {"faithful", "efficient"} <= set(counts):
+        out["flop_ratio"] = counts["efficient"]["total_flops"] / counts["faithful"]["total_flops"]
     try:
-        flop_rates(variants, cfg, recipe, overrides, flop_settings, opts.tiny)
+        flop_rates(variants, cfg, counts, opts.tiny)
     except Exception as exc:      # the rates are a reading aid: never lose the timings over them
         out["flop_rate_error"] = f"{type(exc).__name__}: {exc}"
     out["config"] = to_dict(cfg)
@@ -306,44 +301,45 @@ def timing_section(opts: BenchOptions, device: torch.device, precision: str, cha
     return out
 
 
-def flop_rates(variants: dict, cfg, recipe: str, overrides: list[str], flop_settings: dict, tiny: bool) -> None:
+def mcl_flop_counts(cfg, modes: list[str], recipe: str, overrides: list[str], flop_settings: dict) -> dict[str, dict]:
+    """``{mode: StepFlops.as_dict()}`` of the timed MCL modes: the FLOP section's own counts when it counted
+    this very recipe (no overrides), otherwise counted here (meta device, seconds)."""
+    from mcl.bench import flops as F
+
+    same = next((v for v in flop_settings.values() if v.get("recipe") == recipe and not overrides), None)
+    return {m: same["modes"][m] if same and m in same["modes"] else F.mcl_step_flops(cfg, m).as_dict()
+            for m in modes}
+
+
+def flop_rates(variants: dict, cfg, mcl_counts: dict[str, dict], tiny: bool) -> None:
     """Adds ``flops_per_step`` and ``tflop_per_s`` (counted FLOPs / median step time) to each timed variant,
     and ``rate_vs_supervised`` (its FLOP rate / the supervised ResNet step's).
 
-    Counted FLOPs are the model's (``mcl.bench.flops``): a ``+ckpt`` variant's recomputed forward and a
-    ``+compile`` variant's fusions do not change them. The body floor's are the efficient count's
-    ``backbone`` + ``target.backbone`` parts; lightly's MoCo v2 is given our MoCo v2's count (same
-    ResNet, head and queue). FLOP rate / supervised rate = 1 means the step costs exactly what its FLOPs
-    cost in plain ResNet training on the same device.
+    ``mcl_counts``: :func:`mcl_flop_counts` of the timed modes. Counted FLOPs are the model's
+    (``mcl.bench.flops``): a ``+ckpt`` variant's recomputed forward and a ``+compile`` variant's fusions do
+    not change them. The body floor's are the efficient count's ``backbone`` + ``target.backbone`` parts;
+    lightly's MoCo v2 is given our MoCo v2's count (same ResNet, head and queue). FLOP rate / supervised
+    rate = 1 means the step costs exactly what its FLOPs cost in plain ResNet training on the same device.
     """
     from mcl.bench import flops as F
+    from mcl.bench.report import part_flops
 
     b, s, arch = cfg.data.batch_size, cfg.data.crop_size, cfg.model.arch
-    same = [v for v in flop_settings.values() if v.get("recipe") == recipe and not overrides]
-    cache: dict = {}   # mode -> FLOP count (dict); "moco" -> FLOPs per image
-
-    def mcl_count(mode: str) -> dict:
-        if same and mode in same[0]["modes"]:
-            return same[0]["modes"][mode]
-        if mode not in cache:
-            cache[mode] = F.mcl_step_flops(cfg, mode).as_dict()
-        return cache[mode]
-
-    for name, v in variants.items():
+    moco_per_image = None
+    for v in variants.values():
         kind = v.get("info", {}).get("kind")
         if kind == "mcl":
-            flops = mcl_count(v["info"]["compute_mode"])["total_flops"]
+            flops = mcl_counts[v["info"]["compute_mode"]]["total_flops"]
         elif kind == "body_floor":
-            count = mcl_count("efficient")
-            flops = sum(count["parts"][p]["total"] for p in ("backbone", "target.backbone") if p in count["parts"])
+            efficient = mcl_counts["efficient"]
+            flops = part_flops(efficient, "backbone") + part_flops(efficient, "target.backbone")
         elif kind == "supervised":
             flops = F.supervised_step_flops(arch, s, batch_size=2).per_image * b
         elif kind in ("moco_v2", "lightly_moco_v2"):
-            if "moco" not in cache:
-                queue = 16 if tiny else 65536
-                cache["moco"] = F.moco_step_flops(arch, s, batch_size=min(b, 8 if tiny else 32),
-                                                  queue_size=queue).per_image
-            flops = cache["moco"] * b
+            if moco_per_image is None:
+                moco_per_image = F.moco_step_flops(arch, s, batch_size=min(b, 8 if tiny else 32),
+                                                   queue_size=16 if tiny else 65536).per_image
+            flops = moco_per_image * b
         else:
             continue
         v["flops_per_step"] = flops
