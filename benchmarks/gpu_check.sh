@@ -22,7 +22,7 @@
 #   BENCH_DEVICE=cuda        `cpu` runs the same flow on a CPU with tiny settings, to test this script
 #   PARTS="1 2 3 4"          which parts to run
 #   COMPILE_LIMIT=150        seconds for part 4
-#   DEADLINE=470             seconds for the whole check (under the 8 minutes): a part that would
+#   DEADLINE=470             whole seconds for the whole check (under the 8 minutes): a part that would
 #                            start with under 20 s left is skipped, and each part's limit is cut to what is left
 # Dependencies: torch, torchvision, lightning, pyyaml, pillow, numpy must import. Wheels in the repository's
 # (git-ignored) `.whl/` folder, e.g. lightly's, are installed with `--no-deps` into /tmp/mcl-site first.
@@ -33,6 +33,12 @@ PY=${PYTHON:-python3}
 BUDGET=${BENCH_BUDGET:-90}
 RESULTS=${RESULTS:-benchmarks/results}
 DEVICE=${BENCH_DEVICE:-cuda}
+COMPILE_LIMIT=${COMPILE_LIMIT:-150}   # part 4: compiling takes 1 to 2 minutes, longer on a slow host CPU
+DEADLINE=${DEADLINE:-470}             # seconds for the whole check: each part's limit is cut to what is left
+for knob in "DEADLINE 470" "COMPILE_LIMIT 150"; do   # name, default
+  set -- $knob
+  [[ "${!1}" =~ ^[0-9]+$ ]] || { echo "$1=${!1}: must be whole seconds (the default is $1=$2)"; exit 2; }
+done
 export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
 LOGDIR=${OUT:-$RESULTS}
@@ -76,8 +82,6 @@ else
 fi
 JSON="$RESULTS/bench-$NAME.json"
 PARTS=${PARTS:-1 2 3 4}
-COMPILE_LIMIT=${COMPILE_LIMIT:-150}   # part 4: compiling takes 1 to 2 minutes, longer on a slow host CPU
-DEADLINE=${DEADLINE:-470}             # seconds for the whole check: each part's limit is cut to what is left
 # part N: whether part N was asked for and there are at least 20 s left before the deadline
 part() {
   [[ " $PARTS " == *" $1 "* ]] || return 1

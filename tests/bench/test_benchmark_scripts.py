@@ -112,3 +112,7 @@ def test_gpu_check_skips_parts_once_its_deadline_has_passed(tmp_path):
     for n in (1, 2, 3):
         assert run.stdout.count(f"== part {n} skipped: out of time") == 1
     assert "exit status" not in run.stdout and not any(out.iterdir())
+
+    bad = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True,
+                         env={**env, "DEADLINE": "8min"}, timeout=60)
+    assert bad.returncode == 2 and bad.stdout == "DEADLINE=8min: must be whole seconds (the default is DEADLINE=470)\n"
