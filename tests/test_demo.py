@@ -52,8 +52,8 @@ def test_paired_gains_count_wins_within_each_seed_and_give_the_sign_test():
     five_wins = {str(s): {"mcl": _record(0.2), "random": _record(0.1, pretrain=False)} for s in range(5)}
     assert paired_gains(five_wins, ["mcl", "random"])["mcl"]["bbox/AP"]["sign_test_p"] == pytest.approx(1 / 32)
     summary = {**_summary(per_seed, [0, 1, 2]), "paired_vs_random": gains}
-    line = next(x for x in render_table(summary).splitlines() if x.startswith("MCL") and "wins" in x)
-    assert "+0.7 ± 1.5, wins 2/3, p = 0.50 (sign), 0.264 (t)" in line
+    line = next(x for x in render_table(summary).splitlines() if x.startswith("MCL") and "AP box" in x)
+    assert "+0.7 ± 1.5, wins 2/3, p = 0.50 (sign), 0.264 (t)" in line and line.rstrip().endswith("inside the noise")
 
 
 def test_table_and_chart(tmp_path):
@@ -106,19 +106,23 @@ def test_stages_run_side_by_side_and_each_fine_tune_follows_its_own_pretraining(
                         stage(f"pretrain_{method}", {"mcl": 0.3}.get(method, 0.1), {"checkpoint": method}))
     monkeypatch.setattr(demo, "finetune", lambda out, init, method, plan, seed, scenes, say, threads:
                         stage(f"finetune_{method}", 0.1, {"init": init}))
+    monkeypatch.setattr(demo, "probe", lambda out, init, method, plan, seed, scenes, say, threads:
+                        stage(f"probe_{method}", 0.05, {"init": init}))
     runs = demo.run_seed(tmp_path, PLANS["tiny"], 0, ("mcl", "moco", "random"), lambda _: None, jobs=2)
     assert peak[0] == 2 and list(runs) == ["mcl", "moco", "random"]
     assert {m: r["finetune"]["init"] for m, r in runs.items()} == {"mcl": "mcl", "moco": "moco", "random": "random"}
+    assert {m: r["probe"]["init"] for m, r in runs.items()} == {"mcl": "mcl", "moco": "moco", "random": "random"}
     order = [f"{kind}:{name}" for kind, name in events]
     for method in ("mcl", "moco"):
         assert order.index(f"end:pretrain_{method}") < order.index(f"start:finetune_{method}")
+        assert order.index(f"end:pretrain_{method}") < order.index(f"start:probe_{method}")
     assert order.index("start:finetune_random") < order.index("end:pretrain_mcl")   # did not wait for MCL
 
     events.clear()
     monkeypatch.setattr(demo, "METHOD_LABELS", dict(demo.METHOD_LABELS, broken="broken"))
     with pytest.raises(UserError, match="stage failed"):
         demo.run_seed(tmp_path, PLANS["tiny"], 0, ("broken",), lambda _: None, jobs=2)
-    assert ("start", "finetune_broken") not in events
+    assert ("start", "finetune_broken") not in events and ("start", "probe_broken") not in events
 
 
 def _demo(out, *extra):
@@ -140,15 +144,20 @@ def test_tiny_demo_runs_every_stage_reuses_them_and_repeats_exactly(tmp_path):
     assert "reusing" not in first.stdout
 
     again = _demo(tmp_path / "a")
-    assert again.returncode == 0 and again.stdout.count("reusing") == 3     # pretrain + 2 fine-tunes
+    assert again.returncode == 0 and again.stdout.count("reusing") == 5     # pretrain + 2 probes + 2 fine-tunes
     assert summary["stages_reused"] == 0
-    assert json.loads((tmp_path / "a" / "results.json").read_text())["stages_reused"] == 3
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["stages_reused"] == 5
+    for method in ("mcl", "random"):
+        probe = runs[method]["probe"]["results"]
+        assert set(probe["segmentation"]) == {"fpn", "c5"} and "AP" in probe["detection"]["bbox"]
+    assert "seg mIoU FPN" in (tmp_path / "a" / "results.md").read_text()
 
     second = _demo(tmp_path / "b")
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     other = json.loads((tmp_path / "b" / "results.json").read_text())["per_seed"]["0"]
     assert other["mcl"]["pretrain"]["loss_last"] == runs["mcl"]["pretrain"]["loss_last"]
     for method in ("mcl", "random"):
+        assert other[method]["probe"]["results"]["segmentation"] == runs[method]["probe"]["results"]["segmentation"]
         assert other[method]["finetune"]["results"] == runs[method]["finetune"]["results"]
         assert other[method]["finetune"]["final_loss"] == runs[method]["finetune"]["final_loss"]
 
@@ -186,11 +195,39 @@ def test_equal_time_moco_follows_both_pretrainings_with_steps_scaled_by_their_ti
     monkeypatch.setattr(demo, "pretrain", pretrain)
     monkeypatch.setattr(demo, "finetune", lambda out, init, method, plan, seed, scenes, say, threads:
                         {"init": init, "seconds": 1.0})
+    monkeypatch.setattr(demo, "probe", lambda out, init, method, plan, seed, scenes, say, threads:
+                        {"init": init, "seconds": 1.0})
     methods = demo.parse_methods("mcl,moco,moco_time,random")
     runs = demo.run_seed(tmp_path, PLANS["tiny"], 0, methods, lambda _: None, jobs=2)
     assert started[-1] == ("moco_time", 3 * PLANS["tiny"].pretrain_steps)          # 90 s / 30 s
     assert {m for m, _ in started[:2]} == {"mcl", "moco"}
-    assert runs["moco_time"]["finetune"]["init"] == "moco_time" and set(runs["moco_time"]) == {"pretrain", "finetune"}
+    assert runs["moco_time"]["finetune"]["init"] == "moco_time" and set(runs["moco_time"]) == {"pretrain", "probe", "finetune"}
     assert demo.equal_time_steps(300, 10.0, 40.0) == 75 and demo.equal_time_steps(1, 1.0, 100.0) == 1
     with pytest.raises(UserError, match="add mcl and moco"):
         demo.parse_methods("mcl,moco_time")
+
+
+def test_probe_figures_are_aggregated_paired_and_judged():
+    """Probe figures (fractions in probe.json) become percent, pair by seed, and get a verdict in plain words."""
+    from mcl.demo import verdict
+
+    def with_probe(ap, knn, pretrain=True):
+        runs = _record(ap, pretrain=pretrain)
+        runs["probe"] = {"results": {"retrieval": {"fpn": {"knn_acc": knn}}}}
+        return runs
+
+    per_seed = {str(s): {"mcl": with_probe(0.1, 0.60 + 0.01 * s), "random": with_probe(0.1, 0.20, False)}
+                for s in range(3)}
+    agg = aggregate(per_seed, ["mcl", "random"])
+    assert agg["mcl"]["probe/knn_fpn"]["mean"] == pytest.approx(61.0)
+    assert agg["mcl"]["probe/seg_fpn"] == {"mean": None, "std": None, "n": 0}
+    gains = paired_gains(per_seed, ["mcl", "random"])["mcl"]
+    assert gains["probe/knn_fpn"]["diffs"] == pytest.approx([40.0, 41.0, 42.0])
+    assert verdict(gains["probe/knn_fpn"]) == "better, outside the noise"
+    assert "probe/seg_fpn" not in gains                                   # no figure on either side: no row
+    assert verdict(gains["bbox/AP"]) == "inside the noise"                  # equal APs
+    assert verdict({"diffs": [-3.0, -2.5, -3.5], "t_test_p": 1.0}) == "worse, outside the noise"
+    assert verdict({"diffs": [1.0]}) == "one seed: no spread to judge"
+    summary = {**_summary(per_seed, [0, 1, 2]), "paired_vs_random": paired_gains(per_seed, ["mcl", "random"])}
+    text = render_table(summary)
+    assert "RoI kNN FPN" in text and "61.0 ± 1.0" in text and "+41.0 ± 1.0, wins 3/3" in text

@@ -9,7 +9,10 @@ For each seed ``s``:
    the wall-clock of each is recorded beside it (MCL's step encodes 8 crops per image, MoCo's 2, so MCL
    costs more per epoch; the table says how much). Opt-in (``--methods mcl,moco,moco_time,random``): MoCo v2
    again for **equal wall-clock**, ``steps x t_MCL / t_MoCo`` steps from the two measured pretraining times.
-3. **Transfer**: the same Mask R-CNN R18-FPN recipe (``finetune_cpu_smoke`` with ``plan.finetune_iterations``
+3. **Probes** (``mcl probe``): each init's frozen features on the labelled scenes below: linear segmentation
+   (mIoU), RoI kNN / linear classification of the objects, and frozen-backbone detection (box AP after
+   ``plan.probe_det_iterations`` iterations of the heads alone).
+4. **Transfer**: the same Mask R-CNN R18-FPN recipe (``finetune_cpu_smoke`` with ``plan.finetune_iterations``
    iterations, scene-sized anchors, FPN and heads 128 wide, loaded convs rescaled to pre-BN variance 1:
    ``model.rescale_init=unit_variance``) from each pretrained checkpoint and from
    random init, on labeled scenes (``plan.train`` scenes of seed ``s``) and scored with pycocotools on
@@ -65,6 +68,8 @@ class DemoPlan:
     pretrain_overrides: tuple[str, ...] = ()      # MCL's recipe
     moco_overrides: tuple[str, ...] = ()          # MoCo v2's recipe
     finetune_overrides: tuple[str, ...] = ()
+    probe_det_iterations: int = 300               # frozen-backbone detection in the probe stage
+    probe_args: tuple[str, ...] = ()              # more ``mcl probe`` flags / frozen-detection overrides
 
 
 # Anchors scaled to the 128 px scenes (torchvision's 32..512 are sized for 800 px COCO images: with them
@@ -78,7 +83,9 @@ NARROW_FPN = "model.fpn_channels=128"
 # 300 steps that ~10% of the channels never pass their ReLU, and every MCL init fine-tuned worse than
 # random (docs/results.md, "Why MCL lost").
 MCL_SGD = ("optim.name=sgd", "optim.base_lr=0.24", "optim.weight_decay=1.0e-4")
-DEMO_MCL = (NARROW_FPN, *MCL_SGD)
+# The online dense probe 3 times in 300 steps (the CPU recipes' every 20 steps would add ~15 probes per run).
+ONLINE_PROBE = "probe.every_steps=100"
+DEMO_MCL = (NARROW_FPN, *MCL_SGD, ONLINE_PROBE)
 # Every loaded conv scaled per channel to pre-BN variance 1, as at random init (the same function): MCL's
 # pretrained convs have a pre-BN variance of 2 to 60, so BatchNorm divided their fine-tuning gradients by
 # that much, and the MCL backbone barely trained (docs/results.md, "Why MCL lost"). Random init is unchanged.
@@ -86,22 +93,29 @@ UNIT_VARIANCE_INIT = "model.rescale_init=unit_variance"
 # MoCo v2's queue at 64 keys (2 batches), an eighth of the 512 scenes, instead of moco_cpu_smoke's 256 (half of
 # them): with 256, an image's own older key was often among its negatives and the loss stopped falling (5.25 ->
 # 5.21 over 300 steps; with 64: 4.07 -> 3.49, chance 4.17; docs/results.md). MoCo's 65,536 are 5% of ImageNet.
-DEMO_MOCO = ("model.queue_size=64",)
+DEMO_MOCO = ("model.queue_size=64", ONLINE_PROBE)
 DEMO_FINETUNE = (SCENE_ANCHORS, NARROW_FPN, UNIT_VARIANCE_INIT)
+# The probe stage's frozen detection: the fine-tune's anchors, nothing rescaled (frozen weights are features as
+# they are: a rescale would change nothing the probe can see but the BN-free path)
+DEMO_PROBE = (SCENE_ANCHORS,)
 
 PLANS = {
     "full": DemoPlan("full", pretrain_steps=600, finetune_iterations=1600, pretrain_overrides=DEMO_MCL,
-                     moco_overrides=DEMO_MOCO, finetune_overrides=DEMO_FINETUNE),
+                     moco_overrides=DEMO_MOCO, finetune_overrides=DEMO_FINETUNE, probe_det_iterations=600,
+                     probe_args=DEMO_PROBE),
     "quick": DemoPlan("quick", pretrain_steps=300, finetune_iterations=800, pretrain_overrides=DEMO_MCL,
-                      moco_overrides=DEMO_MOCO, finetune_overrides=DEMO_FINETUNE),
+                      moco_overrides=DEMO_MOCO, finetune_overrides=DEMO_FINETUNE, probe_args=DEMO_PROBE),
     # tests only: seconds, and the figures mean nothing
     "tiny": DemoPlan("tiny", pretrain_steps=3, finetune_iterations=4, unlabeled=64, train=4, val=2, scene_size=64,
                      pretrain_overrides=(*DEMO_MCL, "data.batch_size=32", "data.num_workers=0", "data.crop_size=32",
                                          "model.cell_size=1", "montage.ratios=[1,2]", "montage.repeats=[1,1]",
-                                         "loss.level_weights=[0.5,0.5]"),
-                     moco_overrides=(*DEMO_MOCO, "data.batch_size=32", "data.num_workers=0"),
+                                         "loss.level_weights=[0.5,0.5]", "probe.every_steps=0"),
+                     moco_overrides=(*DEMO_MOCO, "data.batch_size=32", "data.num_workers=0", "probe.every_steps=0"),
                      finetune_overrides=(*DEMO_FINETUNE, "input.train_min_sizes=[64]", "input.test_min_size=64",
-                                         "input.max_size=96", "data.num_workers=0")),
+                                         "input.max_size=96", "data.num_workers=0"),
+                     probe_det_iterations=2,
+                     probe_args=("--image-size", "64", "--max-pixels", "2000", "--steps", "10", *DEMO_PROBE,
+                                 "input.train_min_sizes=[64]", "input.test_min_size=64", "input.max_size=96")),
 }
 
 
@@ -208,6 +222,27 @@ def finetune(out: Path, init: str, name: str, plan: DemoPlan, seed: int, scenes:
     return record
 
 
+def probe(out: Path, init: str, name: str, plan: DemoPlan, seed: int, scenes: dict, say,
+          threads: int | None = None) -> dict:
+    """``mcl probe`` of ``init`` on the seed's labelled scenes (linear segmentation, RoI retrieval, frozen-backbone
+    detection); returns ``{"results": that init's probe.json entry, "seconds", ...}``."""
+    folder = out / f"seed{seed}" / f"probe_{name}"
+    args = ["--init", f"{name}={init}", "--out", str(folder), "--train-json", scenes["train_json"],
+            "--train-images", scenes["train_images"], "--val-json", scenes["val_json"],
+            "--val-images", scenes["val_images"], "--image-size", str(plan.scene_size), "--seed", str(seed),
+            "--det-iterations", str(plan.probe_det_iterations), *plan.probe_args]
+    record = _stage_record(folder, args)
+    if record:
+        say(f"  reusing {folder} (done earlier with the same arguments)")
+        return {**record, "reused": True}
+    shutil.rmtree(folder, ignore_errors=True)
+    seconds = _run(_mcl("probe", *args), out / f"seed{seed}" / f"probe_{name}.log", say, threads)
+    results = json.loads((folder / "probe.json").read_text())["inits"][name]
+    record = {"init": init, "seconds": seconds, "results": results, "args": args}
+    _save_record(folder, record)
+    return record
+
+
 def _loss_ends(csv_path: Path) -> tuple[float | None, float | None]:
     """First and last logged ``train/loss`` of a pretraining run's CSV log."""
     import csv
@@ -256,20 +291,27 @@ def run_seed(out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say
         say(f"seed {seed}: fine-tune Mask R-CNN from {METHOD_LABELS[method]} ({plan.finetune_iterations} its)")
         return finetune(out, init, method, plan, seed, scenes, say, threads)
 
+    def probe_stage(method, init):
+        say(f"seed {seed}: probe the frozen features of {METHOD_LABELS[method]}")
+        return probe(out, init, method, plan, seed, scenes, say, threads)
+
+    def after_init(method, init):       # an init is ready: its probe first (minutes), then its fine-tune
+        pending[pool.submit(probe_stage, method, init)] = ("probe", method)
+        pending[pool.submit(finetune_stage, method, init)] = ("finetune", method)
+
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
         pending = {pool.submit(pretrain_stage, m): ("pretrain", m) for m in methods
                    if m not in ("random", EQUAL_TIME)}
         if "random" in methods:
-            pending[pool.submit(finetune_stage, "random", "random")] = ("finetune", "random")
-        while pending:                  # runs[m] gets "pretrain" and "finetune" as they finish
+            after_init("random", "random")
+        while pending:                  # runs[m] gets "pretrain", "probe" and "finetune" as they finish
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 stage, method = pending.pop(future)
                 runs[method][stage] = future.result()  # a failed stage raises here; running ones finish first
                 if stage == "pretrain":
-                    init = runs[method]["pretrain"]["checkpoint"]
-                    pending[pool.submit(finetune_stage, method, init)] = ("finetune", method)
+                    after_init(method, runs[method]["pretrain"]["checkpoint"])
                     if method in ("mcl", "moco") and EQUAL_TIME in methods and \
                             all("pretrain" in runs[m] for m in ("mcl", "moco")):   # true once: after the second
                         steps = equal_time_steps(plan.pretrain_steps, runs["mcl"]["pretrain"]["seconds"],
@@ -325,6 +367,9 @@ def aggregate(per_seed: dict, methods) -> dict:
             values = [r["finetune"]["results"].get(iou_type, {}).get(metric) for r in rows]
             values = [100.0 * v for v in values if v is not None]
             entry[f"{iou_type}/{metric}"] = _mean_std(values)
+        for key, (group, part, name) in PROBE_METRICS.items():
+            values = [probe_metric(r, group, part, name) for r in rows]
+            entry[key] = _mean_std([v for v in values if v is not None])
         entry["finetune_s"] = _mean_std([r["finetune"]["seconds"] for r in rows])
         if all("pretrain" in r for r in rows) and rows:
             entry["pretrain_s"] = _mean_std([r["pretrain"]["seconds"] for r in rows])
@@ -333,10 +378,35 @@ def aggregate(per_seed: dict, methods) -> dict:
 
 
 PAIRED_METRICS = ("bbox/AP", "segm/AP")
+# the probe stage's figures (percent): mcl.probes.run's result keys
+PROBE_METRICS = {"probe/seg_fpn": ("segmentation", "fpn", "miou"), "probe/seg_c5": ("segmentation", "c5", "miou"),
+                 "probe/knn_fpn": ("retrieval", "fpn", "knn_acc"), "probe/knn_c5": ("retrieval", "c5", "knn_acc"),
+                 "probe/knn_head": ("retrieval", "head", "knn_acc"),
+                 "probe/linear_fpn": ("retrieval", "fpn", "linear_acc"), "probe/det_ap": ("detection", "bbox", "AP")}
+PROBE_LABELS = {"probe/seg_fpn": "seg mIoU FPN", "probe/seg_c5": "seg mIoU C5", "probe/knn_fpn": "RoI kNN FPN",
+                "probe/knn_c5": "RoI kNN C5", "probe/knn_head": "RoI kNN head", "probe/linear_fpn": "RoI linear FPN",
+                "probe/det_ap": "frozen det AP"}
+SIGNIFICANCE = 0.05     # one-sided paired t-test level below which a gain is called clear
+
+
+def probe_metric(run: dict, group: str, part: str, name: str) -> float | None:
+    """One probe figure of a method's runs in percent, None if its probe stage did not run it."""
+    value = run.get("probe", {}).get("results", {}).get(group, {}).get(part, {}).get(name)
+    return None if value is None else 100.0 * value
+
+
+def _figure(run: dict, key: str) -> float | None:
+    """AP (``bbox/AP``, ``segm/AP``) or a probe figure (``probe/*``) of one method in one seed, in points."""
+    if key in PROBE_METRICS:
+        return probe_metric(run, *PROBE_METRICS[key])
+    iou_type, metric = key.split("/")
+    value = run.get("finetune", {}).get("results", {}).get(iou_type, {}).get(metric)
+    return None if value is None else 100.0 * value
 
 
 def paired_gains(per_seed: dict, methods, baseline: str = "random") -> dict:
-    """Each method's AP gain over ``baseline`` within a seed (same scenes, same fine-tuning seed), in AP points.
+    """Each method's gain over ``baseline`` within a seed (same scenes, same fine-tuning seed), in points: fine-tuning
+    AP (``bbox/AP``, ``segm/AP``) and every probe figure that both have (``probe/*``).
 
     Per method and metric: ``d_s = AP_method(s) - AP_baseline(s)``; mean and sample std of ``d_s``, ``wins``
     (``d_s > 0``) out of ``n`` seeds, the one-sided sign-test p-value ``P(X >= wins)``, X ~ Binomial(n, 1/2)
@@ -351,16 +421,16 @@ def paired_gains(per_seed: dict, methods, baseline: str = "random") -> dict:
         if method == baseline:
             continue
         entry = {}
-        for key in PAIRED_METRICS:
-            iou_type, metric = key.split("/")
+        for key in (*PAIRED_METRICS, *PROBE_METRICS):
             diffs = []
             for runs in per_seed.values():
                 if method not in runs or baseline not in runs:
                     continue
-                ours = runs[method]["finetune"]["results"].get(iou_type, {}).get(metric)
-                theirs = runs[baseline]["finetune"]["results"].get(iou_type, {}).get(metric)
+                ours, theirs = _figure(runs[method], key), _figure(runs[baseline], key)
                 if ours is not None and theirs is not None:
-                    diffs.append(100.0 * (ours - theirs))
+                    diffs.append(ours - theirs)
+            if not diffs:
+                continue
             wins = sum(d > 0 for d in diffs)
             entry[key] = {**_mean_std(diffs), "wins": wins, "sign_test_p": sign_test_p(wins, len(diffs)),
                           "t_test_p": paired_t_test_p(diffs),
@@ -405,55 +475,84 @@ def render_table(summary: dict, markdown: bool = False) -> str:
              f"({budget}); " + (f"mean ± std over seeds {summary['seeds']}" if n > 1
                                     else f"seed {summary['seeds'][0]}"))
     text = (f"**{title}**\n\n" if markdown else f"{title}\n") + table(headers, rows, markdown)
+    probes = [k for k in PROBE_METRICS if any(summary["aggregate"][m].get(k, {}).get("mean") is not None
+                                              for m in summary["methods"])]
+    if probes:
+        probe_rows = [[METHOD_LABELS[m]] + [cell(summary["aggregate"][m].get(k)) for k in probes]
+                      for m in summary["methods"]]
+        probe_title = (f"Frozen-feature probes (%) on the same {plan['train']} / {plan['val']} labelled scenes "
+                       f"(mcl probe: linear segmentation mIoU, RoI kNN / linear accuracy over 7 shapes, "
+                       f"frozen-backbone detection AP)")
+        text += ("\n\n" + (f"**{probe_title}**\n\n" if markdown else f"{probe_title}\n")
+                 + table(["init"] + [PROBE_LABELS[k] for k in probes], probe_rows, markdown))
     paired = summary.get("paired_vs_random") or {}
     if n > 1 and paired:
         text += "\n\n" + render_paired(paired, markdown)
     return text
 
 
+def verdict(stat: dict) -> str:
+    """Plain words for a paired gain: better / worse at the one-sided 5% level of the paired t-test, else noise."""
+    diffs = stat.get("diffs") or []
+    if len(diffs) < 2:
+        return "one seed: no spread to judge"
+    if (stat.get("t_test_p") or 1.0) < SIGNIFICANCE:
+        return "better, outside the noise"
+    if (paired_t_test_p([-d for d in diffs]) or 1.0) < SIGNIFICANCE:
+        return "worse, outside the noise"
+    return "inside the noise"
+
+
 def render_paired(paired: dict, markdown: bool = False) -> str:
-    """Gain over random init within each seed: mean ± std, wins out of seeds, one-sided sign-test p."""
+    """Gain over random init within each seed, one row per figure and init: mean ± std, wins out of seeds,
+    one-sided sign-test and paired t-test p, and the verdict."""
     from mcl.bench.report import table
 
     def cell(stat: dict) -> str:
-        if stat.get("mean") is None:
-            return "-"
         t_p = stat.get("t_test_p")
         return (f"{stat['mean']:+.1f} ± {stat['std']:.1f}, wins {stat['wins']}/{stat['n']}, "
                 f"p = {stat['sign_test_p']:.2f} (sign)" + (f", {t_p:.3f} (t)" if t_p is not None else ""))
 
-    rows = [[METHOD_LABELS[method]] + [cell(entry[key]) for key in PAIRED_METRICS] for method, entry in paired.items()]
-    title = ("Gain over random init within each seed (AP points; same scenes and fine-tuning seed; "
-             "p: one-sided sign test, the chance of that many wins if the init made no difference; "
-             "and one-sided paired t-test on the gains)")
-    return (f"**{title}**\n\n" if markdown else f"{title}\n") + table(["init", "AP box gain", "AP mask gain"], rows,
+    labels = {"bbox/AP": "AP box (fine-tuned)", "segm/AP": "AP mask (fine-tuned)", **PROBE_LABELS}
+    rows = [[METHOD_LABELS[method], labels[key], cell(stat), verdict(stat)]
+            for method, entry in paired.items() for key, stat in entry.items() if stat.get("mean") is not None]
+    title = ("Gain over random init within each seed (points; same scenes and seeds; p: one-sided sign test, the "
+             "chance of that many wins if the init made no difference, and one-sided paired t-test on the gains; "
+             f"'outside the noise': paired t p < {SIGNIFICANCE})")
+    return (f"**{title}**\n\n" if markdown else f"{title}\n") + table(["init", "figure", "gain", "verdict"], rows,
                                                                         markdown)
 
 
 def plot(summary: dict, path: Path) -> Path:
-    """Grouped bars: AP box, AP mask, AP50 box per method, with ±1 std error bars over seeds."""
+    """Grouped bars with ±1 std error bars over seeds: AP box, AP mask, AP50 box per method, and beside them the
+    probe figures when the probe stage ran."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("bbox/AP", "AP box"), ("segm/AP", "AP mask"), ("bbox/AP50", "AP50 box")]
     methods = summary["methods"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    panels = [("COCO AP (%), fine-tuned", [("bbox/AP", "AP box"), ("segm/AP", "AP mask"), ("bbox/AP50", "AP50 box")])]
+    probes = [(k, PROBE_LABELS[k]) for k in PROBE_METRICS
+              if any(summary["aggregate"][m].get(k, {}).get("mean") is not None for m in methods)]
+    if probes:
+        panels.append(("frozen-feature probes (%)", probes))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
     width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        a = summary["aggregate"][method]
-        means = [a[k]["mean"] or 0.0 for k, _ in metrics]
-        stds = [a[k]["std"] or 0.0 for k, _ in metrics]
-        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(metrics))]
-        ax.bar(xs, means, width, yerr=stds if len(summary["seeds"]) > 1 else None, capsize=3,
-               label=METHOD_LABELS[method])
-    ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
-    ax.set_ylabel("COCO AP (%)")
+    for ax, (ylabel, metrics) in zip(axes[0], panels):
+        for i, method in enumerate(methods):
+            a = summary["aggregate"][method]
+            means = [(a.get(k) or {}).get("mean") or 0.0 for k, _ in metrics]
+            stds = [(a.get(k) or {}).get("std") or 0.0 for k, _ in metrics]
+            xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(metrics))]
+            ax.bar(xs, means, width, yerr=stds if len(summary["seeds"]) > 1 else None, capsize=3,
+                   label=METHOD_LABELS[method])
+        ax.set_xticks(range(len(metrics)), [label for _, label in metrics], fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
     seeds = summary["seeds"]
-    ax.set_title(f"mcl demo ({summary['plan']['name']}), " + (f"{len(seeds)} seeds, mean ± std" if len(seeds) > 1
+    fig.suptitle(f"mcl demo ({summary['plan']['name']}), " + (f"{len(seeds)} seeds, mean ± std" if len(seeds) > 1
                                                               else f"seed {seeds[0]}"), fontsize=10)
-    ax.legend()
     fig.tight_layout()
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)

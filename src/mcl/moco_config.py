@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mcl.pretrain_config import (DataConfig, OptimConfig, TrainerConfig, data_checks,
-                                 optim_checks, run_checks, trainer_checks)
+from mcl.pretrain_config import (DataConfig, OptimConfig, ProbeConfig, TrainerConfig, data_checks,
+                                 optim_checks, probe_checks, run_checks, trainer_checks)
 
 
 @dataclass
@@ -44,6 +44,7 @@ class MoCoConfig:
     model: MoCoModelConfig = field(default_factory=MoCoModelConfig)
     optim: OptimConfig = field(default_factory=_optim)
     trainer: TrainerConfig = field(default_factory=_trainer)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 def validate(cfg: MoCoConfig) -> None:
@@ -57,4 +58,4 @@ def validate(cfg: MoCoConfig) -> None:
          f"must be a multiple of data.batch_size ({d.batch_size}) x processes"),
         (m.temperature > 0, "model.temperature", "must be > 0"),
         (0 <= m.momentum < 1, "model.momentum", "must be in [0, 1)"),
-    ] + optim_checks(o) + trainer_checks(t))
+    ] + optim_checks(o) + trainer_checks(t) + probe_checks(cfg.probe))

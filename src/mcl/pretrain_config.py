@@ -102,6 +102,38 @@ class TrainerConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The online dense probe (``mcl.probes.online``): RoI kNN / linear and linear segmentation of the online
+    encoder's frozen features on a small labelled set, every ``every_steps`` optimizer steps (0: off, the paper
+    recipe). It draws from no training RNG and touches neither the data order nor the model, so resume stays
+    exact. ``json``/``images``: a COCO json with boxes (masks optional), its images split even / odd into
+    probe-train / held-out; None: synthetic scenes (seeds ``synthetic_seed``, ``+ 1``) under ``OUT/probe_data``."""
+
+    every_steps: int = 0
+    json: str | None = None
+    images: str | None = None
+    synthetic_train: int = 64         # as many as mcl probe's default: 16 held-out scenes (~70 objects) were noise
+    synthetic_val: int = 32
+    synthetic_seed: int = 7000         # not a pretraining scene seed (those start at 0 and 1000)
+    synthetic_size: int = 128
+    image_size: int = 128              # probe images are resized to this square (multiple of 32)
+    max_pixels: int = 10000            # sampled pixels per split for the segmentation probe
+    steps: int = 30                    # L-BFGS iterations per linear probe
+    k: int = 20                        # kNN neighbours
+
+
+def probe_checks(p: ProbeConfig) -> list[Check]:
+    return [
+        (p.every_steps >= 0, "probe.every_steps", "must be >= 0 (0: off)"),
+        (p.image_size >= 32 and p.image_size % 32 == 0, "probe.image_size", "must be a multiple of 32"),
+        ((p.json is None) == (p.images is None), "probe.json", "and probe.images must be given together"),
+        (p.json is None or p.every_steps > 0, "probe.every_steps", "must be > 0 when probe.json is given"),
+        (p.synthetic_train >= 2 and p.synthetic_val >= 1, "probe.synthetic_train", "must be >= 2 (and val >= 1)"),
+        (p.max_pixels >= 1 and p.steps >= 1 and p.k >= 1, "probe.max_pixels", "probe.steps and probe.k must be >= 1"),
+    ]
+
+
+@dataclass
 class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     montage: MontageConfig = field(default_factory=MontageConfig)
@@ -109,6 +141,7 @@ class PretrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 Check = tuple[bool, str, str]   # (condition that must hold, key, what it must be)
@@ -170,7 +203,7 @@ def validate(cfg: PretrainConfig) -> None:
         (0 <= cfg.model.momentum_base < 1, "model.momentum_base", "must be in [0, 1)"),
         (cfg.loss.temperature > 0, "loss.temperature", "must be > 0"),
         (all(w >= 0 for w in cfg.loss.level_weights), "loss.level_weights", "must be >= 0"),
-    ] + optim_checks(cfg.optim) + trainer_checks(cfg.trainer))
+    ] + optim_checks(cfg.optim) + trainer_checks(cfg.trainer) + probe_checks(cfg.probe))
 
 
 def eval_key(cfg: PretrainConfig, dotted: str):

@@ -66,7 +66,8 @@ def read_metrics(csv_path: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_curves(csv_path: Path, png_path: Path) -> Path | None:
-    """Per-level loss and positive/negative cosine against step, as a 3-panel PNG."""
+    """Per-level loss and positive/negative cosine against step, as a 3-panel PNG; a 4th panel with the online
+    probe's figures (``probe/*``, in percent) when the run logged them."""
     series = read_metrics(csv_path)
     if not series:
         return None
@@ -75,7 +76,8 @@ def plot_curves(csv_path: Path, png_path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    probes = sorted(k for k in series if k.startswith("probe/"))
+    fig, axes = plt.subplots(1, 4 if probes else 3, figsize=(20 if probes else 15, 4))
     for ax, prefix, title in zip(axes, ("train/loss_level", "train/pos_cos_level", "train/neg_cos_level"),
                                  ("loss per level", "mean positive cosine", "mean negative cosine")):
         for key in sorted(k for k in series if k.startswith(prefix)):
@@ -84,6 +86,14 @@ def plot_curves(csv_path: Path, png_path: Path) -> Path | None:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.legend()
+    if probes:
+        ax = axes[3]
+        for key in probes:
+            steps, values = zip(*series[key])
+            ax.plot(steps, [100 * v for v in values], marker="o", label=key[len("probe/"):])
+        ax.set_title("online dense probe (%)")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     tmp = png_path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=90)

@@ -39,8 +39,8 @@ from mcl.data.views import MultiCropViews
 from mcl.errors import UserError
 from mcl.models.mcl import Encoder, fpn_level_for
 from mcl.montage import build_pyramids, level_specs
-from mcl.pretrain_config import (DataConfig, MontageConfig, OptimConfig, TrainerConfig, data_checks,
-                                 optim_checks, run_checks, trainer_checks)
+from mcl.pretrain_config import (DataConfig, MontageConfig, OptimConfig, ProbeConfig, TrainerConfig, data_checks,
+                                 optim_checks, probe_checks, run_checks, trainer_checks)
 from mcl.train import DatasetModule, PretrainBase
 
 
@@ -71,6 +71,7 @@ class SupervisedConfig:
     loss: SupervisedLossConfig = field(default_factory=SupervisedLossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(out="runs/supervised"))
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 def validate(cfg: SupervisedConfig) -> None:
@@ -83,7 +84,7 @@ def validate(cfg: SupervisedConfig) -> None:
         (len(cfg.loss.level_weights) == len(cfg.montage.ratios), "loss.level_weights",
          f"must have one weight per montage level ({len(cfg.montage.ratios)})"),
         (all(w >= 0 for w in cfg.loss.level_weights), "loss.level_weights", "must be >= 0"),
-    ] + optim_checks(o) + trainer_checks(t))
+    ] + optim_checks(o) + trainer_checks(t) + probe_checks(cfg.probe))
 
 
 # ---------------------------------------------------------------- pure functions

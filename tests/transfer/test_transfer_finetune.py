@@ -260,3 +260,29 @@ def test_finetune_overfits_four_scenes(tmp_path):
     assert rc == 0
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     assert results["bbox"]["AP50"] > 0.2 and results["segm"]["AP50"] > 0.1
+
+
+def test_frozen_modules_get_no_update_and_keep_their_batchnorm_statistics():
+    from mcl.transfer.detection import DetectionFinetuneModule, freeze_modules
+    from mcl.transfer.finetune_config import FinetuneConfig
+
+    cfg = load_config(FinetuneConfig, None, [*TINY, "model.freeze=[backbone.body,roi_heads.box_head.0]"])
+    module = DetectionFinetuneModule(to_dict(cfg), [1, 2], ["a", "b"], with_masks=False)
+    module.train()
+    detector = module.detector
+    assert not detector.backbone.body.training and not detector.roi_heads.box_head[0].training
+    assert detector.backbone.fpn.training and detector.roi_heads.box_head[1].training
+    before = {k: v.clone() for k, v in detector.state_dict().items()}
+    params = [p for p in detector.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    images = [torch.rand(3, 64, 64)]
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 40.0]]), "labels": torch.tensor([1])}]
+    sum(detector(images, targets).values()).backward()
+    optimizer.step()
+    after = detector.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert not any(k.startswith(("backbone.body.", "roi_heads.box_head.0.")) for k in changed)
+    assert any(k.startswith("backbone.fpn.") and "running_mean" in k for k in changed)   # BN still adapts there
+    assert any(k.startswith("rpn.") for k in changed) and "roi_heads.box_head.1.0.weight" in changed
+    with pytest.raises(UserError, match="names no module"):
+        freeze_modules(detector, ["backbone.bodyy"])

@@ -8,8 +8,8 @@ from pathlib import Path
 from mcl.errors import UserError
 
 NAME = "demo"
-HELP = ("The paper's comparison at toy scale: pretrain MCL and MoCo v2 (equal epochs), fine-tune Mask R-CNN "
-        "from each and from random init, print and save the AP table and a bar chart.")
+HELP = ("The paper's comparison at toy scale: pretrain MCL and MoCo v2 (equal epochs), probe the frozen features "
+        "of each and of random init, fine-tune Mask R-CNN from each, print and save the tables and a bar chart.")
 ACCEPTS_OVERRIDES = False
 
 
@@ -47,6 +47,6 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     summary = run_demo(out, plan, seeds, methods, jobs=jobs)
     print("\n" + render_table(summary), flush=True)
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'} and {out / 'results.png'} (this call "
-          f"{summary['elapsed_s'] / 60:.1f} min; pretraining and fine-tuning stages "
+          f"{summary['elapsed_s'] / 60:.1f} min; pretraining, probe and fine-tuning stages "
           f"{summary['stage_seconds_total'] / 60:.1f} min in all, reused ones included)", flush=True)
     return 0

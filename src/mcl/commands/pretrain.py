@@ -22,6 +22,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipes: str) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in --out (start there if it has none yet)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
+    parser.add_argument("--probe-json", help="online dense probe on this COCO json (boxes; masks optional), images "
+                                             "split even/odd into probe-train/held-out; needs probe.every_steps > 0")
+    parser.add_argument("--probe-images", help="folder the probe json's file_name entries are relative to")
     parser.epilog = "Any config key can be overridden: section.key=value or --section.key value."
 
 
@@ -48,6 +51,10 @@ def resolve_config(config_cls, validate, args: argparse.Namespace, extra: list[s
         cli.setdefault("data", {})["image_root"] = args.image_root
     if args.out:
         cli.setdefault("trainer", {})["out"] = args.out
+    if getattr(args, "probe_json", None):
+        cli.setdefault("probe", {})["json"] = args.probe_json
+    if getattr(args, "probe_images", None):
+        cli.setdefault("probe", {})["images"] = args.probe_images
     cfg = load_config(config_cls, args.config, merge(parse_overrides(extra), cli))
     validate(cfg)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -85,6 +92,7 @@ def fit(cfg, module, datamodule, resume: bool, describe) -> int:
     from mcl.errors import UserError
     from mcl.nonfinite import NonFiniteMonitor
     from mcl.preemption import GracefulStop
+    from mcl.probes.online import online_probe
     from mcl.summary import RunSummary
     from mcl.train import build_trainer, find_resume_checkpoint
 
@@ -101,7 +109,7 @@ def fit(cfg, module, datamodule, resume: bool, describe) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
     summary = RunSummary(run_dir)
-    trainer = build_trainer(cfg, run_dir, extra_callbacks=[summary])
+    trainer = build_trainer(cfg, run_dir, extra_callbacks=[summary, *online_probe(cfg, run_dir)])
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     stop = next(c for c in trainer.callbacks if isinstance(c, GracefulStop))
     nonfinite = next(c for c in trainer.callbacks if isinstance(c, NonFiniteMonitor))

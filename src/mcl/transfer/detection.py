@@ -293,6 +293,22 @@ def resnet_name(keys) -> str | None:
 
 # ---------------------------------------------------------------- fine-tuning (Lightning)
 
+def freeze_modules(model: nn.Module, prefixes: list[str]) -> list[nn.Module]:
+    """Stop gradients to every parameter under the module names ``prefixes`` (e.g. ``backbone.body``,
+    ``roi_heads.box_head.0``); returns those modules, which the caller keeps in eval mode. A prefix that names
+    no module is an error."""
+    modules = dict(model.named_modules())
+    frozen = []
+    for prefix in prefixes:
+        if prefix not in modules:
+            close = sorted(n for n in modules if n.count(".") <= 2)[:12]
+            raise UserError(f"model.freeze: {prefix!r} names no module of the detector (e.g. {', '.join(close[1:])})")
+        modules[prefix].requires_grad_(False)
+        modules[prefix].eval()
+        frozen.append(modules[prefix])
+    return frozen
+
+
 def expected_world_size(t: TrainerConfig) -> int:
     """Processes the Trainer will run (nodes x devices), known before it is built so the schedule can be."""
     devices = t.devices
@@ -343,6 +359,8 @@ class DetectionFinetuneModule(L.LightningModule):
             rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
             box_batch_size_per_image=m.box_batch_size_per_image, box_detections_per_img=m.box_detections_per_img,
             box_score_thresh=m.box_score_thresh, anchor_sizes=m.anchor_sizes, fpn_channels=m.fpn_channels)
+        self.frozen = list(m.freeze or [])
+        freeze_modules(self.detector, self.frozen)
         self.val_gt = None
         self.eval_dir: Path | None = None
         self.eval_extra: dict = {}
@@ -366,6 +384,14 @@ class DetectionFinetuneModule(L.LightningModule):
         module = cls(**ckpt["hyper_parameters"])
         module.load_state_dict(ckpt["state_dict"])
         return module
+
+    def train(self, mode: bool = True):
+        """As ``nn.Module.train``, but frozen modules stay in eval mode (their BatchNorm statistics fixed)."""
+        super().train(mode)
+        modules = dict(self.detector.named_modules())   # looked up by name: SyncBN conversion replaces modules
+        for name in getattr(self, "frozen", []):
+            modules[name].eval()
+        return self
 
     def save_detector(self, path: str | Path) -> Path:
         """The weights and what is needed to rebuild them (config, category ids), loadable by ``from_file``."""

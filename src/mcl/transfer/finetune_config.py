@@ -66,6 +66,9 @@ class ModelConfig:
     box_score_thresh: float = 0.05  # detections scored below are dropped before AP (torchvision, detectron2)
     anchor_sizes: list[int] | None = None  # one per P2..P6; None: torchvision's 32, 64, 128, 256, 512
     fpn_channels: int = 256  # FPN and head-conv width (paper: 256); must match the pretraining's to transfer
+    # module-name prefixes kept frozen (no gradient, BatchNorm in eval mode), e.g. [backbone.body, backbone.fpn]
+    # for the frozen-backbone detection probe; null: nothing frozen (the paper: nothing frozen)
+    freeze: list[str] | None = None
 
     def __post_init__(self):
         if self.fpn_channels < 1:
