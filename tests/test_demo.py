@@ -71,7 +71,7 @@ def test_table_and_chart(tmp_path):
 
 def test_bad_methods_and_seeds_are_refused():
     assert parse_methods("mcl, random") == ("mcl", "random")
-    with pytest.raises(UserError, match="choose from mcl, moco, moco_time, random"):
+    with pytest.raises(UserError, match="choose from mcl, moco, moco_time, supervised, random"):
         parse_methods("mcl,byol")
     with pytest.raises(UserError, match="at least 1"):
         seeds_from(0, 0)

@@ -49,7 +49,9 @@ from mcl.stats import paired_t_test_p, sign_test_p
 
 METHODS = ("mcl", "moco", "random")                      # the default comparison: equal epochs
 EQUAL_TIME = "moco_time"                                # opt-in: MoCo v2 given MCL's pretraining wall-clock
-METHOD_LABELS = {"mcl": "MCL", "moco": "MoCo v2", EQUAL_TIME: "MoCo v2, MCL's time", "random": "random init"}
+SUPERVISED = "supervised"                               # opt-in: supervised montage pretraining (scene labels)
+METHOD_LABELS = {"mcl": "MCL", "moco": "MoCo v2", EQUAL_TIME: "MoCo v2, MCL's time", SUPERVISED: "supervised montage",
+                 "random": "random init"}
 METRIC_COLUMNS = (("bbox", "AP"), ("segm", "AP"), ("bbox", "AP50"), ("segm", "AP50"), ("bbox", "APs"),
                   ("bbox", "APm"), ("bbox", "APl"))
 
@@ -65,6 +67,7 @@ class DemoPlan:
     train: int = 64
     val: int = 32
     scene_size: int = 128
+    scenes: str = "standard"                      # mcl.data.synthetic.PRESETS, for every stage's scenes
     pretrain_overrides: tuple[str, ...] = ()      # MCL's recipe
     moco_overrides: tuple[str, ...] = ()          # MoCo v2's recipe
     finetune_overrides: tuple[str, ...] = ()
@@ -162,64 +165,80 @@ def _save_record(folder: Path, record: dict) -> None:
 
 def labeled_scenes(out: Path, plan: DemoPlan, seed: int, say) -> dict[str, str]:
     """Train (seed ``s``) and val (seed ``s + 1``) scenes with COCO json, written once per seed."""
-    root = out / f"seed{seed}" / "scenes"
+    root = out / f"seed{seed}" / ("scenes" if plan.scenes == "standard" else f"scenes_{plan.scenes}")
     paths = {}
     for split, num, scene_seed in (("train", plan.train, seed), ("val", plan.val, seed + 1)):
         json_path = root / f"{split}.json"
         if not json_path.is_file():
             _run(_mcl("data", "synth", "--out", str(root), "--num", str(num), "--seed", str(scene_seed),
-                      "--size", str(plan.scene_size), "--split", split), root / f"synth_{split}.log", say)
+                      "--size", str(plan.scene_size), "--split", split, "--preset", plan.scenes),
+                 root / f"synth_{split}.log", say)
         paths[f"{split}_json"], paths[f"{split}_images"] = str(json_path), str(root)
     return paths
 
 
-def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say, threads: int | None = None,
-             steps: int | None = None) -> dict:
-    """MCL or MoCo v2 (``moco`` or ``moco_time``) on the unlabeled scenes for ``steps`` (default: the plan's);
-    returns ``{"checkpoint", "seconds", "steps", "loss_first", "loss_last"}``."""
-    folder = out / f"seed{seed}" / f"pretrain_{method}"
-    steps = plan.pretrain_steps if steps is None else steps
-    command, recipe = ("pretrain", "cpu_smoke") if method == "mcl" else ("pretrain-moco", "moco_cpu_smoke")
-    args = ["--config", recipe, "--out", str(folder), f"trainer.max_steps={steps}",
-            f"trainer.seed={seed}", f"data.synthetic_seed={1000 + seed}", f"data.synthetic_num={plan.unlabeled}",
-            f"data.synthetic_size={plan.scene_size}", "trainer.progress_bar=false",
-            f"trainer.checkpoint_every_steps={max(steps, 1)}", "trainer.log_every_steps=1"]
-    args += list(plan.pretrain_overrides if method == "mcl" else plan.moco_overrides)
+def _stage(out: Path, seed: int, stage: str, command: str, args: list[str], say, threads: int | None,
+           record_of: Callable[[Path, float], dict]) -> dict:
+    """Run ``mcl COMMAND ARGS`` as stage ``seed<s>/<stage>`` unless it finished earlier with these very ``args``
+    (then its saved record is returned, marked ``reused``); ``record_of(folder, seconds)`` reads its results."""
+    folder = out / f"seed{seed}" / stage
     record = _stage_record(folder, args)
     if record:
         say(f"  reusing {folder} (done earlier with the same arguments)")
         return {**record, "reused": True}
     shutil.rmtree(folder, ignore_errors=True)       # an interrupted or changed stage starts again from scratch
-    seconds = _run(_mcl(command, *args), out / f"seed{seed}" / f"pretrain_{method}.log", say, threads)
-    first, last = _loss_ends(folder / "logs" / "metrics.csv")
-    record = {"checkpoint": str(folder / "last.ckpt"), "seconds": seconds, "steps": steps,
-              "loss_first": first, "loss_last": last, "args": args}
+    seconds = _run(_mcl(command, *args), out / f"seed{seed}" / f"{stage}.log", say, threads)
+    record = {**record_of(folder, seconds), "args": args}
     _save_record(folder, record)
     return record
+
+
+def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say, threads: int | None = None,
+             steps: int | None = None) -> dict:
+    """MCL, MoCo v2 (``moco`` or ``moco_time``) or supervised montage on the unlabeled scenes for ``steps``
+    (default: the plan's); returns ``{"checkpoint", "seconds", "steps", "loss_first", "loss_last"}``."""
+    folder = out / f"seed{seed}" / f"pretrain_{method}"
+    steps = plan.pretrain_steps if steps is None else steps
+    command, recipe = {"mcl": ("pretrain", "cpu_smoke"), SUPERVISED: ("pretrain-supervised", "supervised_cpu_smoke")
+                       }.get(method, ("pretrain-moco", "moco_cpu_smoke"))
+    args = ["--config", recipe, "--out", str(folder), f"trainer.max_steps={steps}",
+            f"trainer.seed={seed}", f"data.synthetic_seed={1000 + seed}", f"data.synthetic_num={plan.unlabeled}",
+            f"data.synthetic_size={plan.scene_size}", f"data.synthetic_preset={plan.scenes}",
+            f"probe.synthetic_preset={plan.scenes}", "trainer.progress_bar=false",
+            f"trainer.checkpoint_every_steps={max(steps, 1)}", "trainer.log_every_steps=1"]
+    # supervised montage shares MCL's encoder, montages and (in the demo) optimizer: MCL's overrides less the loss's
+    args += list(plan.pretrain_overrides if method == "mcl" else plan.moco_overrides if method != SUPERVISED
+                 else [o for o in plan.pretrain_overrides if o.split("=")[0] in SUPERVISED_KEYS])
+
+    def record_of(folder: Path, seconds: float) -> dict:
+        first, last = _loss_ends(folder / "logs" / "metrics.csv")
+        return {"checkpoint": str(folder / "last.ckpt"), "seconds": seconds, "steps": steps, "loss_first": first,
+                "loss_last": last}
+
+    return _stage(out, seed, f"pretrain_{method}", command, args, say, threads, record_of)
+
+
+def _labelled_data(scenes: dict) -> list[str]:
+    return ["--train-json", scenes["train_json"], "--train-images", scenes["train_images"],
+            "--val-json", scenes["val_json"], "--val-images", scenes["val_images"]]
 
 
 def finetune(out: Path, init: str, name: str, plan: DemoPlan, seed: int, scenes: dict, say,
              threads: int | None = None) -> dict:
     """The same Mask R-CNN recipe from ``init``; returns ``{"results", "seconds", ...}`` (COCO AP)."""
     folder = out / f"seed{seed}" / f"finetune_{name}"
-    args = ["--config", "finetune_cpu_smoke", "--init", init, "--out", str(folder),
-            "--train-json", scenes["train_json"], "--train-images", scenes["train_images"],
-            "--val-json", scenes["val_json"], "--val-images", scenes["val_images"],
+    args = ["--config", "finetune_cpu_smoke", "--init", init, "--out", str(folder), *_labelled_data(scenes),
             f"schedule.iterations_1x={plan.finetune_iterations}", "schedule.reference_batch=2",
             f"trainer.seed={seed}", "trainer.progress_bar=false",
             f"trainer.checkpoint_every_steps={max(plan.finetune_iterations, 1)}", *plan.finetune_overrides]
-    record = _stage_record(folder, args)
-    if record:
-        say(f"  reusing {folder} (done earlier with the same arguments)")
-        return {**record, "reused": True}
-    shutil.rmtree(folder, ignore_errors=True)
-    seconds = _run(_mcl("finetune", *args), out / f"seed{seed}" / f"finetune_{name}.log", say, threads)
-    results = json.loads((folder / "eval" / "results.json").read_text())
-    record = {"init": init, "seconds": seconds, "iterations": plan.finetune_iterations,
-              "final_loss": results.get("train_loss_last"),
-              "results": {t: results[t] for t in ("bbox", "segm") if t in results}, "args": args}
-    _save_record(folder, record)
-    return record
+
+    def record_of(folder: Path, seconds: float) -> dict:
+        results = json.loads((folder / "eval" / "results.json").read_text())
+        return {"init": init, "seconds": seconds, "iterations": plan.finetune_iterations,
+                "final_loss": results.get("train_loss_last"),
+                "results": {t: results[t] for t in ("bbox", "segm") if t in results}}
+
+    return _stage(out, seed, f"finetune_{name}", "finetune", args, say, threads, record_of)
 
 
 def probe(out: Path, init: str, name: str, plan: DemoPlan, seed: int, scenes: dict, say,
@@ -227,20 +246,15 @@ def probe(out: Path, init: str, name: str, plan: DemoPlan, seed: int, scenes: di
     """``mcl probe`` of ``init`` on the seed's labelled scenes (linear segmentation, RoI retrieval, frozen-backbone
     detection); returns ``{"results": that init's probe.json entry, "seconds", ...}``."""
     folder = out / f"seed{seed}" / f"probe_{name}"
-    args = ["--init", f"{name}={init}", "--out", str(folder), "--train-json", scenes["train_json"],
-            "--train-images", scenes["train_images"], "--val-json", scenes["val_json"],
-            "--val-images", scenes["val_images"], "--image-size", str(plan.scene_size), "--seed", str(seed),
+    args = ["--init", f"{name}={init}", "--out", str(folder), *_labelled_data(scenes),
+            "--image-size", str(plan.scene_size), "--seed", str(seed),
             "--det-iterations", str(plan.probe_det_iterations), *plan.probe_args]
-    record = _stage_record(folder, args)
-    if record:
-        say(f"  reusing {folder} (done earlier with the same arguments)")
-        return {**record, "reused": True}
-    shutil.rmtree(folder, ignore_errors=True)
-    seconds = _run(_mcl("probe", *args), out / f"seed{seed}" / f"probe_{name}.log", say, threads)
-    results = json.loads((folder / "probe.json").read_text())["inits"][name]
-    record = {"init": init, "seconds": seconds, "results": results, "args": args}
-    _save_record(folder, record)
-    return record
+
+    def record_of(folder: Path, seconds: float) -> dict:
+        results = json.loads((folder / "probe.json").read_text())["inits"][name]
+        return {"init": init, "seconds": seconds, "results": results}
+
+    return _stage(out, seed, f"probe_{name}", "probe", args, say, threads, record_of)
 
 
 def _loss_ends(csv_path: Path) -> tuple[float | None, float | None]:
@@ -378,6 +392,10 @@ def aggregate(per_seed: dict, methods) -> dict:
 
 
 PAIRED_METRICS = ("bbox/AP", "segm/AP")
+# the MCL overrides a supervised montage pretraining takes too (it has no predictors or MCL loss keys)
+SUPERVISED_KEYS = {"data.batch_size", "data.num_workers", "data.crop_size", "model.cell_size", "model.fpn_channels",
+                   "montage.ratios", "montage.repeats", "loss.level_weights", "optim.name", "optim.base_lr",
+                   "optim.weight_decay", "probe.every_steps"}
 # the probe stage's figures (percent): mcl.probes.run's result keys
 PROBE_METRICS = {"probe/seg_fpn": ("segmentation", "fpn", "miou"), "probe/seg_c5": ("segmentation", "c5", "miou"),
                  "probe/knn_fpn": ("retrieval", "fpn", "knn_acc"), "probe/knn_c5": ("retrieval", "c5", "knn_acc"),

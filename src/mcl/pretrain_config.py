@@ -28,6 +28,7 @@ class DataConfig:
     synthetic_num: int = 2048          # embedded scenes: how many, which seed, what size
     synthetic_seed: int = 0
     synthetic_size: int = 256
+    synthetic_preset: Literal["standard", "simple"] = "standard"   # mcl.data.synthetic.PRESETS
     augment_on: Literal["loader", "device"] = "loader"   # device: loader decodes + fits a canvas, crops on the GPU
     device_canvas: int | None = None   # augment_on=device: canvas side C (None: 2 x crop_size)
 
@@ -116,6 +117,7 @@ class ProbeConfig:
     synthetic_val: int = 32
     synthetic_seed: int = 7000         # not a pretraining scene seed (those start at 0 and 1000)
     synthetic_size: int = 128
+    synthetic_preset: Literal["standard", "simple"] = "standard"
     image_size: int = 128              # probe images are resized to this square (multiple of 32)
     max_pixels: int = 10000            # sampled pixels per split for the segmentation probe
     steps: int = 30                    # L-BFGS iterations per linear probe

@@ -228,7 +228,7 @@ def build_labeled_dataset(cfg: SupervisedConfig, listing: LabeledList | ShardLis
     views = MultiCropViews(crop_size=d.crop_size, scale=tuple(d.crop_scale), crops_per_view=len(cfg.montage.ratios))
     if d.source is None:
         return LabeledSyntheticScenes(num=d.synthetic_num, seed=d.synthetic_seed, size=d.synthetic_size,
-                                      transform=views)
+                                      transform=views, preset=d.synthetic_preset)
     if wants_shards(d.source, d.format):
         return ShardDataset(listing if isinstance(listing, ShardList) else list_shards(d.source), views,
                             max_side=d.max_image_side, seed=cfg.trainer.seed, shuffle_buffer=d.shard_shuffle_buffer,

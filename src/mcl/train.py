@@ -75,7 +75,8 @@ def open_image_source(d, transform, max_side: int, seed: int) -> Dataset:
     """``data.source`` as a dataset of ``transform(image)``: the embedded synthetic scenes (no source), tar
     shards (``data.format``) or image files (folder, COCO json, ``.txt`` list); decoded at most ``max_side``."""
     if d.source is None:
-        return SyntheticScenes(num=d.synthetic_num, seed=d.synthetic_seed, size=d.synthetic_size, transform=transform)
+        return SyntheticScenes(num=d.synthetic_num, seed=d.synthetic_seed, size=d.synthetic_size, transform=transform,
+                               preset=d.synthetic_preset)
     if wants_shards(d.source, d.format):
         return open_shards(d.source, transform, max_side=max_side, seed=seed, shuffle_buffer=d.shard_shuffle_buffer)
     return ImageDataset(list_images(d.source, d.image_root), transform, max_side=max_side, source_name=str(d.source))

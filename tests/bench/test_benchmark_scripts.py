@@ -116,3 +116,25 @@ def test_gpu_check_skips_parts_once_its_deadline_has_passed(tmp_path):
     bad = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True,
                          env={**env, "DEADLINE": "8min"}, timeout=60)
     assert bad.returncode == 2 and bad.stdout == "DEADLINE=8min: must be whole seconds (the default is DEADLINE=470)\n"
+
+
+def test_gpu_demo_runs_its_stages_and_copies_its_results(tmp_path):
+    """The GPU demo's wiring on the CPU (the demo's tiny plan): every stage, the table, the copies under
+    --results and $OUT; without --tiny and without CUDA it refuses in one line."""
+    import json
+    import os
+
+    out_dir = tmp_path / "device_out"
+    out_dir.mkdir()
+    env = {**os.environ, "OUT": str(out_dir)}
+    run = subprocess.run([sys.executable, "benchmarks/gpu_demo.py", "--tiny", "--out", str(tmp_path / "demo"),
+                          "--results", str(tmp_path / "results")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900, env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    summary = json.loads((tmp_path / "results" / "gpu-demo-cpu-tiny.json").read_text())
+    assert summary["methods"] == ["mcl", "random"] and "probe" in summary["per_seed"]["0"]["mcl"]
+    assert {p.name for p in out_dir.iterdir()} == {f"gpu-demo-cpu-tiny.{s}" for s in ("json", "md", "png")}
+    assert "seg mIoU FPN" in run.stdout and "AP box" in run.stdout
+    refused = subprocess.run([sys.executable, "benchmarks/gpu_demo.py", "--out", str(tmp_path / "x")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "no CUDA device" in refused.stderr

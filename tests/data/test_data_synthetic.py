@@ -147,3 +147,22 @@ def test_cli_data_synth_and_info(tmp_path, capsys):
     assert "--num" in capsys.readouterr().err
     assert main(["data", "info", str(tmp_path / "missing")]) == 2
     assert main(["data"]) == 2
+
+
+def test_the_simple_preset_draws_fewer_larger_plainer_objects_and_standard_is_unchanged(tmp_path):
+    from mcl.data.synthetic import PRESETS, _render
+    from mcl.data.sources import SourceError
+
+    standard = render_scene(3, 5, 128)
+    assert np.array_equal(np.asarray(render_scene(3, 5, 128, "standard")[0]), np.asarray(standard[0]))
+    counts, sides = [], []
+    for index in range(40):
+        _, anns, _, kept = _render(0, index, 128, preset="simple")
+        counts.append(len(anns))
+        sides += [2 * obj["r"] / 128 for obj, _ in kept]
+        assert all(obj["texture"] in ("flat", "gradient") for obj, _ in kept)
+    assert max(counts) <= 3 and min(sides) >= PRESETS["simple"].sizes[0] - 1e-6
+    with pytest.raises(SourceError, match="choose standard or simple"):
+        render_scene(0, 0, 64, "busy")
+    path = write_coco_scenes(tmp_path, 2, 0, 64, preset="simple")
+    assert json.loads(path.read_text())["info"]["preset"] == "simple"

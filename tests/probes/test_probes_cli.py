@@ -170,3 +170,21 @@ def test_bad_input_is_one_line_exit_2(mcl_checkpoint, scenes, tmp_path, capsys):
     assert code == 2 and "choose from seg, roi, det" in err
     code, err = bad(["probe", "--init", "random", "--train-json", str(scenes / "train.json")], capsys)
     assert code == 2 and "give all of --train-json" in err
+
+
+def test_a_random_init_is_a_function_of_the_seed(tmp_path):
+    """torch's initial seed differs per process: the probe seeds before it builds the encoder."""
+    import subprocess
+    import sys
+
+    def random_figures(out, seed):
+        run = subprocess.run([sys.executable, "-m", "mcl.cli", "probe", "--init", "random", "--out", str(out),
+                              "--probes", "seg,roi", "--seed", str(seed), *TINY_PROBE], capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        result = json.loads((out / "probe.json").read_text())["inits"]["random"]
+        return result["segmentation"], result["retrieval"]
+
+    first = random_figures(tmp_path / "a", 0)
+    assert random_figures(tmp_path / "b", 0) == first
+    assert random_figures(tmp_path / "c", 1) != first

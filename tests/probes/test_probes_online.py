@@ -66,3 +66,26 @@ def test_the_probe_does_not_change_training_and_resume_with_it_is_exact(tmp_path
     assert read_losses(out) == read_losses(plain)
     assert differences(load(out / "last.ckpt"), load(plain / "last.ckpt")) == []
     assert probe_rows(out) == probe_rows(probed)                          # the same figures, every digit
+
+
+def test_probe_json_flags_resolve_and_bad_probe_settings_are_one_line_errors(tmp_path, capsys):
+    from mcl.cli import build_parser, main
+    from mcl.commands.pretrain import resolve
+    from mcl.data.synthetic import write_coco_scenes
+    from mcl.probes.data import load_probe_set
+    from mcl.probes.online import split_even_odd
+
+    json_path = write_coco_scenes(tmp_path / "labelled", 5, 0, 64)
+    args, extra = build_parser()[0].parse_known_args(["pretrain", "--config", "cpu_smoke", "--probe-json", str(json_path),
+                                                      "--probe-images", str(json_path.parent), "probe.every_steps=5"])
+    cfg = resolve(args, extra)
+    assert (cfg.probe.json, cfg.probe.images, cfg.probe.every_steps) == (str(json_path), str(json_path.parent), 5)
+    train, val = split_even_odd(load_probe_set(json_path, json_path.parent, 64))
+    assert (len(train), len(val)) == (3, 2) and train.images.shape[1:] == (3, 64, 64)
+    for extra, words in (([f"--probe-json={json_path}", f"--probe-images={json_path.parent}", "probe.every_steps=0"],
+                          "probe.every_steps = 0 must be > 0 when probe.json is given"),
+                         (["probe.image_size=100"], "probe.image_size = 100 must be a multiple of 32"),
+                         ([f"--probe-json={json_path}"], "probe.json = ")):
+        assert main(["pretrain", "--config", "cpu_smoke", "--dry-run", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and "\n" not in err, err

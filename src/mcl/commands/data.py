@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--num", type=int, default=100, help="number of images (default 100)")
     synth.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     synth.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    synth.add_argument("--preset", default="standard", help="scene kind: standard (2-8 objects, 4-60%% of the "
+                                                             "side, 5 textures) or simple (1-3 objects, 25-60%%, "
+                                                             "flat or gradient)")
     synth.add_argument("--split", default="images",
                        help="image subfolder name; a name other than 'images' also names the json (default images)")
     info = sub.add_parser("info", help="count the images of a source; --check decodes them all",
@@ -67,7 +70,8 @@ def _synth(args: argparse.Namespace) -> int:
 
     from mcl.data.synthetic import write_coco_scenes
 
-    json_path = write_coco_scenes(args.out, num=args.num, seed=args.seed, size=args.size, split_name=args.split)
+    json_path = write_coco_scenes(args.out, num=args.num, seed=args.seed, size=args.size, split_name=args.split,
+                                  preset=args.preset)
     with open(json_path, encoding="utf-8") as f:
         coco = json.load(f)
     print(f"wrote {len(coco['images'])} images ({args.size}x{args.size}) to {json_path.parent / args.split}")

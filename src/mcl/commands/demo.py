@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     parser.add_argument("--methods", default="mcl,moco,random",
                         help="initialisations to compare, comma-separated (default mcl,moco,random); add moco_time "
-                             "for MoCo v2 pretrained for MCL's wall-clock (equal time, besides equal epochs)")
+                             "for MoCo v2 pretrained for MCL's wall-clock (equal time, besides equal epochs), and "
+                             "supervised for supervised montage pretraining on the scenes' labels")
     parser.add_argument("--jobs", type=int, default=None,
                         help="stages run side by side, sharing the CPU cores (default: 2 when there are 2 or more "
                              "cores, else 1)")

@@ -13,14 +13,13 @@ ACCEPTS_OVERRIDES = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mcl.commands._coco_split import add_split_arguments
+
     parser.add_argument("--config", help="recipe YAML (a path, or a packaged name: finetune_cpu_smoke, "
                                          "finetune_coco_1x); default: the paper's 1x transfer setting")
     parser.add_argument("--init", help="initial weights: an mcl checkpoint, an exported or torchvision state dict, "
                                        "'torchvision' (local ImageNet file) or 'random'")
-    parser.add_argument("--train-json", help="COCO-format train annotations")
-    parser.add_argument("--train-images", help="folder the train json's file_name entries are relative to")
-    parser.add_argument("--val-json", help="COCO-format val annotations")
-    parser.add_argument("--val-images", help="folder the val json's file_name entries are relative to")
+    add_split_arguments(parser)
     parser.add_argument("--out", help="run folder for checkpoints, logs, evaluation and detector.pt")
     parser.add_argument("--schedule", type=float, help="schedule length in units of 1x (2 = 2x)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -59,7 +58,7 @@ def synthetic_data(cfg, run_dir: Path) -> dict[str, str]:
         json_path = root / f"{split}.json"
         if is_rank_zero() and not json_path.is_file():
             print(f"writing {num} synthetic {split} scenes ({d.synthetic_size}px, seed {seed}) to {root}", flush=True)
-            write_coco_scenes(root, num, seed, d.synthetic_size, split_name=split)
+            write_coco_scenes(root, num, seed, d.synthetic_size, split_name=split, preset=d.synthetic_preset)
         for _ in range(600):
             if json_path.is_file():
                 break

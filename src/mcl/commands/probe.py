@@ -13,14 +13,12 @@ ACCEPTS_OVERRIDES = True   # extra key=value tokens go to the frozen-detection f
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mcl.commands._coco_split import add_split_arguments
+
     parser.add_argument("--init", action="append", required=True, metavar="INIT",
                         help="an mcl / MoCo / supervised checkpoint, an exported or ResNet state dict, or 'random'; "
                              "repeat to compare several in one table (LABEL=INIT names a row)")
-    parser.add_argument("--train-json", help="COCO-format annotations of the probe's training images (boxes; masks "
-                                             "where present)")
-    parser.add_argument("--train-images", help="folder the train json's file_name entries are relative to")
-    parser.add_argument("--val-json", help="COCO-format annotations of the held-out images")
-    parser.add_argument("--val-images", help="folder the val json's file_name entries are relative to")
+    add_split_arguments(parser, "probe's training", "held-out")
     parser.add_argument("--out", default="runs/probe", help="folder for probe.json/.md/.png and the feature cache")
     parser.add_argument("--probes", default="seg,roi,det",
                         help="which probes: seg (linear segmentation), roi (RoI kNN + linear), det (frozen-backbone "
@@ -39,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic-val", type=int, default=32, help="synthetic held-out scenes (default 32)")
     parser.add_argument("--synthetic-size", type=int, default=128, help="synthetic scene side (default 128)")
     parser.add_argument("--synthetic-seed", type=int, default=0, help="train scenes' seed; held-out: seed + 1")
+    parser.add_argument("--synthetic-preset", default="standard", help="synthetic scene kind: standard or simple")
     parser.add_argument("--seed", type=int, default=0, help="pixel sampling and detection seed")
     parser.add_argument("--device", default="cpu", help="where the frozen encoder runs (cpu, cuda, cuda:1; default "
                                                          "cpu); the linear probes fit on the CPU")
@@ -106,10 +105,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         name = f"{Path(args.train_json).name} / {Path(args.val_json).name}"
     else:
         train, val, paths = synthetic_probe_sets(out / "data", args.synthetic_train, args.synthetic_val,
-                                                 args.synthetic_size, args.synthetic_seed, args.image_size)
+                                                 args.synthetic_size, args.synthetic_seed, args.image_size,
+                                                 args.synthetic_preset)
         files = {"train_json": paths["train_json"], "train_images": paths["images"], "val_json": paths["val_json"],
                  "val_images": paths["images"]}
-        name = f"synthetic scenes, seeds {args.synthetic_seed} / {args.synthetic_seed + 1}"
+        name = f"{args.synthetic_preset} synthetic scenes, seeds {args.synthetic_seed} / {args.synthetic_seed + 1}"
     print(f"probe data: {len(train)} train / {len(val)} held-out images, {train.num_classes - 1} categories"
           + (" (no masks: segmentation uses box-filled masks)" if train.box_masks else ""), flush=True)
     opts = ProbeOptions(probes=probes, max_pixels=args.max_pixels, steps=args.steps, k=args.k,

@@ -142,7 +142,7 @@ class LabeledSyntheticScenes(SyntheticScenes):
             raise IndexError(f"scene {i} out of range for {self.num} scenes")
         for step in range(self.num):
             j = (int(i) + step) % self.num
-            image, anns = render_scene(self.seed, j, self.size)
+            image, anns = render_scene(self.seed, j, self.size, self.preset)
             cat = largest_area_category(anns)
             if cat is not None:
                 return {"crops": self.transform(image), "index": j, "skipped": [], "label": _SYNTHETIC_INDEX[cat]}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,28 @@ MIN_SIZE = 16
 SIZE_RANGE = (0.04, 0.60)
 OBJECTS_RANGE = (2, 8)
 _TEXTURES = ("flat", "stripes", "checker", "gradient", "speckle")
+
+
+@dataclass(frozen=True)
+class ScenePreset:
+    """What a scene holds: how many objects, how large (circumcircle diameter / side, log-uniform), which textures."""
+
+    objects: tuple[int, int]
+    sizes: tuple[float, float]
+    textures: tuple[str, ...]
+
+
+# ``standard``: the embedded default (2-8 objects of 4-60% of the side, 5 textures).
+# ``simple``: 1-3 objects of 25-60% of the side, flat or gradient fill: fewer, larger, plainer shapes, so that at
+# CPU scale a detector and the probes can learn the shapes at all (docs/results.md says how it was chosen).
+PRESETS = {"standard": ScenePreset(OBJECTS_RANGE, SIZE_RANGE, _TEXTURES),
+           "simple": ScenePreset((1, 3), (0.25, 0.60), ("flat", "gradient"))}
+
+
+def scene_preset(name: str) -> ScenePreset:
+    if name not in PRESETS:
+        raise SourceError(f"synthetic scene preset {name!r}: choose {' or '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,10 +92,10 @@ def _shape_mask(name: str, u: np.ndarray, v: np.ndarray, r: float, p: dict) -> n
     raise KeyError(name)
 
 
-def _draw_object(rng: np.random.Generator, size: int) -> dict:
+def _draw_object(rng: np.random.Generator, size: int, preset: ScenePreset = PRESETS["standard"]) -> dict:
     """All random parameters of one object (drawn up front so painting needs no choices)."""
     cat = int(rng.integers(len(CATEGORIES)))
-    lo, hi = SIZE_RANGE
+    lo, hi = preset.sizes
     diameter = size * math.exp(rng.uniform(math.log(lo), math.log(hi)))
     return {
         "cat": cat,
@@ -86,7 +109,7 @@ def _draw_object(rng: np.random.Generator, size: int) -> dict:
             "points": int(rng.integers(5, 7)),
             "arm": rng.uniform(0.18, 0.35),
         },
-        "texture": _TEXTURES[int(rng.integers(len(_TEXTURES)))],
+        "texture": preset.textures[int(rng.integers(len(preset.textures)))],
         "colors": rng.uniform(0, 255, size=(2, 3)).astype(np.float32),
         "period": rng.uniform(3.0, 14.0),
         "tex_angle": rng.uniform(0, math.pi),
@@ -175,26 +198,27 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 # scenes
 
 
-def render_scene(seed: int, index: int, size: int = 256) -> tuple[Image.Image, list[dict]]:
-    """Scene ``index`` of synthetic dataset ``seed``: (RGB size x size image, COCO annotations).
+def render_scene(seed: int, index: int, size: int = 256, preset: str = "standard") -> tuple[Image.Image, list[dict]]:
+    """Scene ``index`` of synthetic dataset ``seed`` (``preset``: see ``PRESETS``): (RGB image, COCO annotations).
 
     Each annotation: category_id, bbox [x, y, w, h] (tight around the visible mask, floats),
     area (visible pixel count), segmentation (COCO RLE, counts as str), iscrowd 0.
     """
-    image, anns, _, _ = _render(seed, index, size)
+    image, anns, _, _ = _render(seed, index, size, preset=preset)
     return image, anns
 
 
-def _render(seed: int, index: int, size: int, noise: bool = True):
+def _render(seed: int, index: int, size: int, noise: bool = True, preset: str = "standard"):
     """(image, annotations, label map (size, size) int16, kept [(object params, raster)]).
 
     ``noise=False`` skips only the final pixel noise (same RNG stream up to that point), for tests.
     """
     if size < MIN_SIZE:
         raise SourceError(f"synthetic scene size {size} is too small; use at least {MIN_SIZE} pixels")
+    kind = scene_preset(preset)
     rng = np.random.default_rng([int(seed), int(index)])
     canvas = _background(rng, size)
-    objs = [_draw_object(rng, size) for _ in range(int(rng.integers(OBJECTS_RANGE[0], OBJECTS_RANGE[1] + 1)))]
+    objs = [_draw_object(rng, size, kind) for _ in range(int(rng.integers(kind.objects[0], kind.objects[1] + 1)))]
     placed = [(obj, raster) for obj in objs if (raster := _rasterise(obj, size)) is not None]
 
     label = _label_map(placed, size)
@@ -255,7 +279,8 @@ def _annotations(kept: list, label: np.ndarray, size: int) -> list[dict]:
 # writing and serving
 
 
-def write_coco_scenes(out_dir, num: int, seed: int, size: int = 256, split_name: str = "images") -> Path:
+def write_coco_scenes(out_dir, num: int, seed: int, size: int = 256, split_name: str = "images",
+                      preset: str = "standard") -> Path:
     """Write scenes 0..num-1 as ``out_dir/<split_name>/{index:06d}.png`` plus a COCO json; return its path.
 
     The json is ``out_dir/annotations.json`` for the default ``split_name="images"``, else
@@ -269,6 +294,7 @@ def write_coco_scenes(out_dir, num: int, seed: int, size: int = 256, split_name:
         raise SourceError(f"synthetic scene size {size} is too small; pass --size {MIN_SIZE} or more")
     if not split_name or split_name in (".", "..") or any(c in split_name for c in "/\\"):
         raise SourceError(f"split name '{split_name}' must be a plain folder name like 'images' or 'train'")
+    scene_preset(preset)
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise SourceError(f"{out_dir} exists and is not a folder; choose another --out")
@@ -276,7 +302,7 @@ def write_coco_scenes(out_dir, num: int, seed: int, size: int = 256, split_name:
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(int(num)):
-        image, anns = render_scene(seed, index, size)
+        image, anns = render_scene(seed, index, size, preset)
         rel = f"{split_name}/{index:06d}.png"
         _atomic_png(image, out_dir / rel)
         images.append({"id": index + 1, "file_name": rel, "width": size, "height": size})
@@ -290,6 +316,7 @@ def write_coco_scenes(out_dir, num: int, seed: int, size: int = 256, split_name:
             "seed": int(seed),
             "num": int(num),
             "size": int(size),
+            "preset": preset,
         },
         "licenses": [],
         "images": images,
@@ -312,12 +339,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
 class SyntheticScenes(torch.utils.data.Dataset):
     """Scenes rendered on the fly: item = {"crops": transform(image), "index": i, "skipped": []}."""
 
-    def __init__(self, num: int, seed: int, size: int, transform):
+    def __init__(self, num: int, seed: int, size: int, transform, preset: str = "standard"):
         if int(num) < 1:
             raise SourceError(f"number of synthetic images must be >= 1, got {num}")
         if int(size) < MIN_SIZE:
             raise SourceError(f"synthetic scene size {size} is too small; use at least {MIN_SIZE} pixels")
+        scene_preset(preset)
         self.num, self.seed, self.size, self.transform = int(num), int(seed), int(size), transform
+        self.preset = preset
 
     def __len__(self) -> int:
         return self.num
@@ -326,5 +355,5 @@ class SyntheticScenes(torch.utils.data.Dataset):
         if not -self.num <= i < self.num:
             raise IndexError(f"scene {i} out of range for {self.num} scenes")
         i = int(i) % self.num
-        image, _ = render_scene(self.seed, i, self.size)
+        image, _ = render_scene(self.seed, i, self.size, self.preset)
         return {"crops": self.transform(image), "index": i, "skipped": []}

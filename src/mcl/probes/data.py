@@ -98,7 +98,7 @@ def load_probe_set(json_path: str | Path, image_root: str | Path, size: int, lab
 
 
 def synthetic_probe_sets(root: Path, train: int, val: int, size: int, seed: int, image_size: int,
-                         ) -> tuple[ProbeSet, ProbeSet, dict]:
+                         preset: str = "standard") -> tuple[ProbeSet, ProbeSet, dict]:
     """Train (seed ``s``) and val (seed ``s + 1``) synthetic scenes, written once under ``root``."""
     from mcl.data.synthetic import write_coco_scenes
 
@@ -106,7 +106,7 @@ def synthetic_probe_sets(root: Path, train: int, val: int, size: int, seed: int,
     for split, num, split_seed in (("train", train, seed), ("val", val, seed + 1)):
         json_path = root / f"{split}.json"
         if not json_path.is_file():
-            write_coco_scenes(root, num, split_seed, size, split_name=split)
+            write_coco_scenes(root, num, split_seed, size, split_name=split, preset=preset)
         paths[split] = str(json_path)
     train_set = load_probe_set(paths["train"], root, image_size, name="train")
     val_set = load_probe_set(paths["val"], root, image_size, train_set.label_map, name="val")

@@ -39,7 +39,7 @@ def probe_sets(cfg, run_dir: Path) -> tuple[ProbeSet, ProbeSet]:
     if cfg.json is not None:
         return split_even_odd(load_probe_set(cfg.json, cfg.images, cfg.image_size, name="probe"))
     train, val, _ = synthetic_probe_sets(run_dir / "probe_data", cfg.synthetic_train, cfg.synthetic_val,
-                                         cfg.synthetic_size, cfg.synthetic_seed, cfg.image_size)
+                                         cfg.synthetic_size, cfg.synthetic_seed, cfg.image_size, cfg.synthetic_preset)
     return train, val
 
 

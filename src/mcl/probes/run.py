@@ -120,9 +120,9 @@ def probe_init(init: str, label: str, train: ProbeSet, val: ProbeSet, opts: Prob
     from mcl.probes.frozen_detection import frozen_detection
 
     start = time.perf_counter()
+    torch.manual_seed(opts.seed)        # what the init leaves random (all of it for 'random') is a function of --seed
     encoder = FrozenEncoder(init, arch, fpn_channels).to(device)
     say(f"probe {label}: {encoder.report.source.splitlines()[0]} ({encoder.arch}, FPN {encoder.fpn_channels})")
-    torch.manual_seed(opts.seed)
     result: dict = {"init": init, "arch": encoder.arch, "fpn_channels": encoder.fpn_channels,
                     "loaded": {part: list(v) for part, v in encoder.report.loaded.items()}}
     if {"seg", "roi"} & set(opts.probes):

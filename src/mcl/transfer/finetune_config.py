@@ -27,6 +27,7 @@ class DataConfig:
     synthetic_val_num: int = 16
     synthetic_size: int = 128
     synthetic_seed: int = 0  # train scenes use this seed, val scenes seed + 1
+    synthetic_preset: Literal["standard", "simple"] = "standard"  # mcl.data.synthetic.PRESETS
     skip_missing_images: bool = False
     batch_size: int = 2  # per device
     num_workers: int = 4
