@@ -219,12 +219,12 @@ def test_probe_figures_are_aggregated_paired_and_judged():
     per_seed = {str(s): {"mcl": with_probe(0.1, 0.60 + 0.01 * s), "random": with_probe(0.1, 0.20, False)}
                 for s in range(3)}
     agg = aggregate(per_seed, ["mcl", "random"])
-    assert agg["mcl"]["probe/knn_fpn"]["mean"] == pytest.approx(61.0)
-    assert agg["mcl"]["probe/seg_fpn"] == {"mean": None, "std": None, "n": 0}
+    assert agg["mcl"]["probe/roi_knn_fpn"]["mean"] == pytest.approx(61.0)
+    assert agg["mcl"]["probe/seg_miou_fpn"] == {"mean": None, "std": None, "n": 0}
     gains = paired_gains(per_seed, ["mcl", "random"])["mcl"]
-    assert gains["probe/knn_fpn"]["diffs"] == pytest.approx([40.0, 41.0, 42.0])
-    assert verdict(gains["probe/knn_fpn"]) == "better, outside the noise"
-    assert "probe/seg_fpn" not in gains                                   # no figure on either side: no row
+    assert gains["probe/roi_knn_fpn"]["diffs"] == pytest.approx([40.0, 41.0, 42.0])
+    assert verdict(gains["probe/roi_knn_fpn"]) == "better, outside the noise"
+    assert "probe/seg_miou_fpn" not in gains                                   # no figure on either side: no row
     assert verdict(gains["bbox/AP"]) == "inside the noise"                  # equal APs
     assert verdict({"diffs": [-3.0, -2.5, -3.5], "t_test_p": 1.0}) == "worse, outside the noise"
     assert verdict({"diffs": [1.0]}) == "one seed: no spread to judge"

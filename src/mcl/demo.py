@@ -45,6 +45,7 @@ from typing import Callable
 
 from mcl.atomic import write_atomic
 from mcl.errors import UserError
+from mcl.probes.run import FIGURES, metric
 from mcl.stats import paired_t_test_p, sign_test_p
 
 METHODS = ("mcl", "moco", "random")                      # the default comparison: equal epochs
@@ -98,8 +99,8 @@ UNIT_VARIANCE_INIT = "model.rescale_init=unit_variance"
 # 5.21 over 300 steps; with 64: 4.07 -> 3.49, chance 4.17; docs/results.md). MoCo's 65,536 are 5% of ImageNet.
 DEMO_MOCO = ("model.queue_size=64", ONLINE_PROBE)
 DEMO_FINETUNE = (SCENE_ANCHORS, NARROW_FPN, UNIT_VARIANCE_INIT)
-# The probe stage's frozen detection: the fine-tune's anchors, nothing rescaled (frozen weights are features as
-# they are: a rescale would change nothing the probe can see but the BN-free path)
+# The probe stage's frozen detection: the fine-tune's anchors; nothing rescaled (the rescale keeps each conv + BN's
+# function and only changes how fast fine-tuning moves the weights, and frozen weights do not move)
 DEMO_PROBE = (SCENE_ANCHORS,)
 
 PLANS = {
@@ -377,13 +378,8 @@ def aggregate(per_seed: dict, methods) -> dict:
     for method in methods:
         rows = [runs[method] for runs in per_seed.values() if method in runs]
         entry = {}
-        for iou_type, metric in METRIC_COLUMNS:
-            values = [r["finetune"]["results"].get(iou_type, {}).get(metric) for r in rows]
-            values = [100.0 * v for v in values if v is not None]
-            entry[f"{iou_type}/{metric}"] = _mean_std(values)
-        for key, (group, part, name) in PROBE_METRICS.items():
-            values = [probe_metric(r, group, part, name) for r in rows]
-            entry[key] = _mean_std([v for v in values if v is not None])
+        for key in (*(f"{t}/{m}" for t, m in METRIC_COLUMNS), *PROBE_METRICS):
+            entry[key] = _mean_std([v for r in rows if (v := _figure(r, key)) is not None])
         entry["finetune_s"] = _mean_std([r["finetune"]["seconds"] for r in rows])
         if all("pretrain" in r for r in rows) and rows:
             entry["pretrain_s"] = _mean_std([r["pretrain"]["seconds"] for r in rows])
@@ -396,29 +392,18 @@ PAIRED_METRICS = ("bbox/AP", "segm/AP")
 SUPERVISED_KEYS = {"data.batch_size", "data.num_workers", "data.crop_size", "model.cell_size", "model.fpn_channels",
                    "montage.ratios", "montage.repeats", "loss.level_weights", "optim.name", "optim.base_lr",
                    "optim.weight_decay", "probe.every_steps"}
-# the probe stage's figures (percent): mcl.probes.run's result keys
-PROBE_METRICS = {"probe/seg_fpn": ("segmentation", "fpn", "miou"), "probe/seg_c5": ("segmentation", "c5", "miou"),
-                 "probe/knn_fpn": ("retrieval", "fpn", "knn_acc"), "probe/knn_c5": ("retrieval", "c5", "knn_acc"),
-                 "probe/knn_head": ("retrieval", "head", "knn_acc"),
-                 "probe/linear_fpn": ("retrieval", "fpn", "linear_acc"), "probe/det_ap": ("detection", "bbox", "AP")}
-PROBE_LABELS = {"probe/seg_fpn": "seg mIoU FPN", "probe/seg_c5": "seg mIoU C5", "probe/knn_fpn": "RoI kNN FPN",
-                "probe/knn_c5": "RoI kNN C5", "probe/knn_head": "RoI kNN head", "probe/linear_fpn": "RoI linear FPN",
-                "probe/det_ap": "frozen det AP"}
+# the probe stage's figures (percent): mcl probe's, as probe/<name>
+PROBE_METRICS = tuple(f"probe/{name}" for name in FIGURES)
+PROBE_LABELS = {f"probe/{name}": label for name, (*_, label) in FIGURES.items()}
 SIGNIFICANCE = 0.05     # one-sided paired t-test level below which a gain is called clear
 
 
-def probe_metric(run: dict, group: str, part: str, name: str) -> float | None:
-    """One probe figure of a method's runs in percent, None if its probe stage did not run it."""
-    value = run.get("probe", {}).get("results", {}).get(group, {}).get(part, {}).get(name)
-    return None if value is None else 100.0 * value
-
-
 def _figure(run: dict, key: str) -> float | None:
-    """AP (``bbox/AP``, ``segm/AP``) or a probe figure (``probe/*``) of one method in one seed, in points."""
-    if key in PROBE_METRICS:
-        return probe_metric(run, *PROBE_METRICS[key])
-    iou_type, metric = key.split("/")
-    value = run.get("finetune", {}).get("results", {}).get(iou_type, {}).get(metric)
+    """AP (``bbox/AP``, ``segm/AP``, ...) or a probe figure (``probe/<name>``) of one method in one seed, in points."""
+    if key.startswith("probe/"):
+        return metric(run.get("probe", {}).get("results", {}), key[len("probe/"):])
+    iou_type, metric_name = key.split("/")
+    value = run.get("finetune", {}).get("results", {}).get(iou_type, {}).get(metric_name)
     return None if value is None else 100.0 * value
 
 

@@ -79,7 +79,7 @@ def _device(name: str):
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from mcl.errors import UserError
     from mcl.probes.data import check_size, load_probe_set, synthetic_probe_sets
-    from mcl.probes.run import PROBES, ProbeOptions, probe_init, render_table, write_outputs
+    from mcl.probes.run import PROBES, SCHEMA, ProbeOptions, probe_init, render_table, write_outputs
 
     probes = tuple(p.strip() for p in args.probes.split(",") if p.strip())
     unknown = [p for p in probes if p not in PROBES]
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     device = _device(args.device)
     results = {label: probe_init(init, label, train, val, opts, out, files, args.arch, args.fpn_channels,
                                  device=device) for label, init in inits.items()}
-    summary = {"schema": "mcl-probe/1", "probes": list(probes),
+    summary = {"schema": SCHEMA, "probes": list(probes),
                "data": {"name": name, **files, "train_images": len(train), "val_images": len(val),
                         "image_size": args.image_size, "categories": train.num_classes - 1,
                         "box_masks": train.box_masks},

@@ -53,8 +53,7 @@ def paint_class_map(labels: list[int], masks: list[np.ndarray] | None, boxes: li
                     height: int, width: int) -> np.ndarray:
     """``(height, width)`` int64: each object's label on its mask (or its box), largest first."""
     out = np.zeros((height, width), np.int64)
-    areas = [float(m.sum()) if masks is not None else (b[2] - b[0]) * (b[3] - b[1]) for m, b in
-             zip(masks if masks is not None else [None] * len(boxes), boxes)]
+    areas = [float(m.sum()) for m in masks] if masks is not None else [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
     for k in sorted(range(len(labels)), key=lambda i: -areas[i]):
         if masks is not None:
             out[masks[k].astype(bool)] = labels[k]
@@ -79,7 +78,7 @@ def load_probe_set(json_path: str | Path, image_root: str | Path, size: int, lab
         raise UserError(f"{json_path} has no annotations: a probe needs labelled objects (boxes, masks optional)")
     with_masks = has_segmentations(coco)
     data = CocoDetection(json_path, image_root, train=True, label_map=label_map, with_masks=with_masks,
-                         flip_prob=0.0, name=f"{name} set {Path(json_path).name}")
+                         flip_prob=0.0, name=f"{name} set {Path(json_path).name}", coco=coco)
     count = len(data) if max_images is None else min(len(data), max_images)
     images, maps, boxes, labels = [], [], [], []
     for i in range(count):

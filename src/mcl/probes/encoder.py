@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from mcl.errors import UserError
-from mcl.transfer.detection import IMAGENET_MEAN, IMAGENET_STD, build_detector, load_initial_weights, resnet_name
+from mcl.transfer.detection import (IMAGENET_MEAN, IMAGENET_STD, build_detector, load_initial_weights,
+                                    read_init_state_dict, resnet_name)
 
 HEAD_CONVS = 4
 DENSE_SETS = ("fpn", "c5")
@@ -50,23 +51,11 @@ def read_layout(init: str | None) -> InitLayout:
     if not path.is_file():
         raise UserError(f"init file not found: {path} (give an mcl checkpoint, an exported state dict, a ResNet "
                         f"file, or 'random')")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"cannot read init file {path} as a PyTorch file: {str(exc).splitlines()[0][:160]}") from None
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict) and "state_dict" not in obj:
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise UserError(f"init file {path} holds no state dict")
-    keys = [k for k, v in state.items() if isinstance(v, Tensor)]
-    online = [k[len("model.online."):] for k in keys if k.startswith("model.online.")]
-    names = online or [k.removeprefix("module.").removeprefix("detector.") for k in keys]
-    fpn = next((state[k] for k in keys if k.endswith("fpn.layer_blocks.0.0.weight")
-                and (not online or k.startswith("model.online."))), None)
-    heads = {k.split(".")[2] for k in names if k.startswith("neck.convs.")} or \
-        {k.split(".")[2] for k in names if k.startswith("roi_heads.box_head.") and k.split(".")[2] in "0123"}
-    return InitLayout(resnet_name(names), int(fpn.shape[0]) if fpn is not None else None, len(heads))
+    state, prefix, _ = read_init_state_dict(path)                   # the tensors in the detector's key space
+    keys = {prefix + k: v for k, v in state.items()}
+    fpn = keys.get("backbone.fpn.layer_blocks.0.0.weight")
+    heads = {k.split(".")[2] for k in keys if k.startswith("roi_heads.box_head.") and k.split(".")[2] in "0123"}
+    return InitLayout(resnet_name(keys), int(fpn.shape[0]) if fpn is not None else None, len(heads))
 
 
 class FrozenEncoder(nn.Module):

@@ -19,11 +19,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from mcl.probes.data import ProbeSet, load_probe_set, synthetic_probe_sets
+from mcl.probes.run import FIGURES
 
-METRICS = {"probe/seg_miou_fpn": ("segmentation", "fpn", "miou"), "probe/seg_miou_c5": ("segmentation", "c5", "miou"),
-           "probe/roi_knn_fpn": ("retrieval", "fpn", "knn_acc"), "probe/roi_knn_c5": ("retrieval", "c5", "knn_acc"),
-           "probe/roi_knn_head": ("retrieval", "head", "knn_acc"),
-           "probe/roi_linear_fpn": ("retrieval", "fpn", "linear_acc")}
+# what the online probe logs: every figure of mcl probe but frozen detection, as probe/<name>
+ONLINE_FIGURES = tuple(name for name, (group, *_) in FIGURES.items() if group != "detection")
+METRICS = tuple(f"probe/{name}" for name in ONLINE_FIGURES)
 
 
 def split_even_odd(data: ProbeSet) -> tuple[ProbeSet, ProbeSet]:
@@ -51,7 +51,6 @@ class OnlineProbe(Callback):
         self.encoder = None
         self.sets: tuple[ProbeSet, ProbeSet] | None = None
         self.last_step = -1
-        self.history: list[dict] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
         """A run resumed at a probe step probes it again (same weights, same figures): resuming drops the CSV
@@ -83,13 +82,12 @@ class OnlineProbe(Callback):
         if self.sets is None:
             self._prepare()
         metrics = self.measure(pl_module)
-        self.history.append({"step": trainer.global_step, **metrics})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def measure(self, pl_module) -> dict[str, float]:
         """``{probe/<name>: value}`` of the online encoder's current weights."""
-        from mcl.probes.run import ProbeOptions, extract, probe_features
+        from mcl.probes.run import ProbeOptions, extract, figure, probe_features
 
         device = pl_module.device
         devices = [device.index or 0] if device.type == "cuda" else []
@@ -102,7 +100,7 @@ class OnlineProbe(Callback):
             self.encoder.to(device)
             feats = [extract(self.encoder, split, opts.max_pixels, seed) for split, seed in ((train, 0), (val, 1))]
             results = probe_features(feats[0], feats[1], train.num_classes, opts)
-        return {name: float(results[group][part][key]) for name, (group, part, key) in METRICS.items()}
+        return {f"probe/{name}": float(figure(results, name)) for name in ONLINE_FIGURES}
 
 
 def online_probe(cfg, run_dir: Path) -> list[Callback]:

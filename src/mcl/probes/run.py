@@ -142,16 +142,32 @@ def probe_init(init: str, label: str, train: ProbeSet, val: ProbeSet, opts: Prob
 
 # ---------------------------------------------------------------------------------------------- reporting
 
-COLUMNS = (("segmentation", "fpn", "miou", "seg mIoU FPN"), ("segmentation", "c5", "miou", "seg mIoU C5"),
-           ("retrieval", "fpn", "knn_acc", "RoI kNN FPN"), ("retrieval", "c5", "knn_acc", "RoI kNN C5"),
-           ("retrieval", "head", "knn_acc", "RoI kNN head"), ("retrieval", "fpn", "linear_acc", "RoI linear FPN"),
-           ("detection", "bbox", "AP", "frozen det AP"))
+# Every reported figure: name -> (group, feature set, key) in a probe result, and its column label. The one
+# table behind ``mcl probe``'s columns, the online probe's ``probe/<name>`` and the demo's probe figures.
+FIGURES = {"seg_miou_fpn": ("segmentation", "fpn", "miou", "seg mIoU FPN"),
+           "seg_miou_c5": ("segmentation", "c5", "miou", "seg mIoU C5"),
+           "roi_knn_fpn": ("retrieval", "fpn", "knn_acc", "RoI kNN FPN"),
+           "roi_knn_c5": ("retrieval", "c5", "knn_acc", "RoI kNN C5"),
+           "roi_knn_head": ("retrieval", "head", "knn_acc", "RoI kNN head"),
+           "roi_linear_fpn": ("retrieval", "fpn", "linear_acc", "RoI linear FPN"),
+           "det_ap": ("detection", "bbox", "AP", "frozen det AP")}
 
 
-def metric(result: dict, group: str, name: str, key: str) -> float | None:
-    """A probe figure in percent (None if that probe did not run)."""
-    value = result.get(group, {}).get(name, {}).get(key)
+def figure(result: dict, name: str) -> float | None:
+    """Figure ``name`` of :data:`FIGURES` of one probe result, a fraction (None if that probe did not run)."""
+    group, part, key, _ = FIGURES[name]
+    return result.get(group, {}).get(part, {}).get(key)
+
+
+def metric(result: dict, name: str) -> float | None:
+    """:func:`figure` in percent."""
+    value = figure(result, name)
     return None if value is None else 100.0 * value
+
+
+def _present(results) -> list[str]:
+    """The figures of :data:`FIGURES` that at least one of ``results`` has."""
+    return [n for n in FIGURES if any(metric(r, n) is not None for r in results)]
 
 
 def chance_row(result: dict) -> dict:
@@ -166,14 +182,15 @@ def render_table(summary: dict, markdown: bool = False) -> str:
     from mcl.bench.report import table
 
     rows = []
-    columns = [c for c in COLUMNS if any(metric(r, *c[:3]) is not None for r in summary["inits"].values())]
+    columns = _present(summary["inits"].values())
     for label, result in summary["inits"].items():
-        rows.append([label] + [(f"{v:.1f}" if (v := metric(result, *c[:3])) is not None else "-") for c in columns])
+        rows.append([label] + [(f"{v:.1f}" if (v := metric(result, n)) is not None else "-") for n in columns])
     d = summary["data"]
     title = (f"mcl probe: frozen features, {d['train_images']} train / {d['val_images']} held-out images at "
              f"{d['image_size']} px ({d['name']}; {'box-filled masks' if d['box_masks'] else 'masks'}); "
              f"percent")
-    text = (f"**{title}**\n\n" if markdown else f"{title}\n") + table(["init"] + [c[3] for c in columns], rows, markdown)
+    text = (f"**{title}**\n\n" if markdown else f"{title}\n") + table(["init"] + [FIGURES[n][3] for n in columns], rows,
+                                                                        markdown)
     first = next(iter(summary["inits"].values()))
     chance = chance_row(first)
     notes = []
@@ -192,13 +209,13 @@ def plot(summary: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     inits = list(summary["inits"])
-    columns = [c for c in COLUMNS if any(metric(r, *c[:3]) is not None for r in summary["inits"].values())]
+    columns = _present(summary["inits"].values())
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(columns)), 4))
     width = 0.8 / max(len(inits), 1)
     for i, label in enumerate(inits):
-        values = [metric(summary["inits"][label], *c[:3]) or 0.0 for c in columns]
+        values = [metric(summary["inits"][label], n) or 0.0 for n in columns]
         ax.bar([j + (i - (len(inits) - 1) / 2) * width for j in range(len(columns))], values, width, label=label)
-    ax.set_xticks(range(len(columns)), [c[3] for c in columns], fontsize=8)
+    ax.set_xticks(range(len(columns)), [FIGURES[n][3] for n in columns], fontsize=8)
     ax.set_ylabel("percent")
     ax.set_title("mcl probe: frozen features", fontsize=10)
     ax.legend(fontsize=8)

@@ -179,16 +179,17 @@ class CocoDetection(Dataset):
     ``label_map``: the train set's map, given to the val set so both share labels.
     ``with_masks``: decode masks into the targets (default: the json has segmentations).
     ``skip_missing_images``: leave out images missing on disk instead of refusing the set.
+    ``coco``: the json already read by ``load_coco_json`` (a caller that checked it first need not parse it again).
     """
 
     def __init__(self, json_path: str | Path, image_root: str | Path, *, train: bool,
                  label_map: LabelMap | None = None, with_masks: bool | None = None, flip_prob: float = 0.5,
-                 skip_missing_images: bool = False, name: str | None = None):
+                 skip_missing_images: bool = False, name: str | None = None, coco: COCO | None = None):
         self.json_path = Path(json_path)
         self.image_root = Path(image_root)
         self.train = train
         self.flip_prob = flip_prob if train else 0.0
-        self.coco = load_coco_json(self.json_path)
+        self.coco = coco if coco is not None else load_coco_json(self.json_path)
         self.label_map = label_map or LabelMap.from_coco(self.coco)
         self.with_masks = has_segmentations(self.coco) if with_masks is None else with_masks
         if train and self.with_masks and not has_segmentations(self.coco):

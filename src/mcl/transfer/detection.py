@@ -293,20 +293,17 @@ def resnet_name(keys) -> str | None:
 
 # ---------------------------------------------------------------- fine-tuning (Lightning)
 
-def freeze_modules(model: nn.Module, prefixes: list[str]) -> list[nn.Module]:
+def freeze_modules(model: nn.Module, prefixes: list[str]) -> None:
     """Stop gradients to every parameter under the module names ``prefixes`` (e.g. ``backbone.body``,
-    ``roi_heads.box_head.0``); returns those modules, which the caller keeps in eval mode. A prefix that names
-    no module is an error."""
+    ``roi_heads.box_head.0``) and put those modules in eval mode (the caller keeps them there: ``train()``).
+    A prefix that names no module is an error."""
     modules = dict(model.named_modules())
-    frozen = []
     for prefix in prefixes:
         if prefix not in modules:
             close = sorted(n for n in modules if n.count(".") <= 2)[:12]
             raise UserError(f"model.freeze: {prefix!r} names no module of the detector (e.g. {', '.join(close[1:])})")
         modules[prefix].requires_grad_(False)
         modules[prefix].eval()
-        frozen.append(modules[prefix])
-    return frozen
 
 
 def expected_world_size(t: TrainerConfig) -> int:
