@@ -4,8 +4,8 @@ Features are standardised with the training set's per-dimension mean and standar
 (``std`` floored at 1e-6, so a constant dimension becomes 0). The classifier ``logits = x W + b`` starts
 at zero (the problem is convex: the result depends on the data, not on an init) and takes at most ``steps``
 full-batch L-BFGS iterations (strong-Wolfe line search) on ``CE(logits, y) + weight_decay / 2 * ||W||^2``.
-Deterministic given the data. (L-BFGS: 30 iterations reach the held-out mIoU that 300 Adam steps do, in a
-ninth of the time, on the synthetic scenes' 50k x 512 pixel features.)
+Deterministic given the data. (L-BFGS: 30 iterations reached the held-out mIoU of 300 Adam steps, in 8 s against
+72 s, on the synthetic scenes' 50k x 512 pixel features: docs/results.md.)
 """
 
 from __future__ import annotations
