@@ -40,12 +40,12 @@ GPU_PLAN = DemoPlan(
     finetune_overrides=("model.arch=resnet50", "model.fpn_channels=256", "model.anchor_sizes=[16,32,64,128,256]",
                         "model.rescale_init=unit_variance", "data.batch_size=8", "schedule.reference_batch=8",
                         "schedule.base_lr=0.04", "input.train_min_sizes=[224,256,288]", "input.test_min_size=256",
-                        "input.max_size=512", "model.rpn_post_nms_top_n_train=300", "model.box_batch_size_per_image=128",
-                        "data.num_workers=8", *GPU),
+                        "input.max_size=512", "model.rpn_post_nms_top_n_train=300",
+                        "model.box_batch_size_per_image=128", "data.num_workers=8", *GPU),
     probe_det_iterations=500,
-    probe_args=("--image-size", "256", "--max-pixels", "100000", "--device", "cuda", "model.anchor_sizes=[16,32,64,128,256]",
-                "data.batch_size=8", "schedule.reference_batch=8", "input.train_min_sizes=[256]",
-                "input.test_min_size=256", "input.max_size=512", *GPU),
+    probe_args=("--image-size", "256", "--max-pixels", "100000", "--device", "cuda",
+                "model.anchor_sizes=[16,32,64,128,256]", "data.batch_size=8", "schedule.reference_batch=8",
+                "input.train_min_sizes=[256]", "input.test_min_size=256", "input.max_size=512", *GPU),
 )
 
 

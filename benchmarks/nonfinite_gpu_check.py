@@ -1,4 +1,4 @@
-"""GPU check of ``mcl.nonfinite`` (run from the repository root: ``python3 benchmarks/nonfinite_gpu_check.py``).
+"""GPU check of ``mcl.engine.nonfinite`` (run from the repository root: ``python3 benchmarks/nonfinite_gpu_check.py``).
 
 1. A guarded ResNet-50 step (bf16 autocast, LARS, gradient clipping, gated EMA) runs under
    ``torch.cuda.set_sync_debug_mode("error")``: any host sync in it raises.
@@ -15,8 +15,8 @@ import torch
 import torchvision
 
 sys.path.insert(0, "src")
+from mcl.engine.nonfinite import NonFiniteGuard  # noqa: E402
 from mcl.models.ema import ema_update  # noqa: E402
-from mcl.nonfinite import NonFiniteGuard  # noqa: E402
 from mcl.optim import build_optimizer  # noqa: E402
 
 DEV, BATCH, SIDE = "cuda", 64, 224

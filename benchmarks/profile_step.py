@@ -135,12 +135,12 @@ def phase_times(step: T.Step, device: torch.device, steps: int) -> dict[str, flo
     for _ in range(steps):
         marks: list[tuple[str, object]] = []
         if device.type == "cuda":
-            def mark(name):
+            def mark(name, marks=marks):
                 event = torch.cuda.Event(enable_timing=True)
                 event.record()
                 marks.append((name, event))
         else:
-            def mark(name):
+            def mark(name, marks=marks):
                 marks.append((name, time.perf_counter()))
         step.run(mark)
         T.synchronize(device)
@@ -261,7 +261,9 @@ def main() -> int:
         for title, key in (("by kernel kind", "by_kind_ms"), ("by phase (boundaries, unprofiled steps)", "by_phase_ms"),
                            ("forward by model part", "forward_by_part_ms")):
             if r[key]:
-                print(f"  {title}: " + ", ".join(f"{k.split('/', 1)[-1] if k.startswith(('mcl/', 'part/')) else k} {v:.1f}" for k, v in r[key].items()))
+                print(f"  {title}: " + ", ".join(
+                    f"{k.split('/', 1)[-1] if k.startswith(('mcl/', 'part/')) else k} {v:.1f}"
+                    for k, v in r[key].items()))
     mcl_modes = [v.name for v in variants if v.name in ("faithful", "efficient")]
     if len(mcl_modes) == 2:
         f, e = results["faithful"], results["efficient"]

@@ -23,6 +23,15 @@ SMALL_PRETRAIN = [
     "optim.warmup_steps=2",
 ]
 
+# A tiny MoCo v2 (for `mcl pretrain --config moco_cpu_smoke`): ResNet-18 on 32px crops, 16 images per step.
+TINY_MOCO = [
+    "data.batch_size=16", "data.crop_size=32", "data.num_workers=0", "data.synthetic_num=32",
+    "data.synthetic_size=48", "model.arch=resnet18", "model.head_hidden=32", "model.embed_dim=16",
+    "model.queue_size=64", "trainer.max_steps=3", "trainer.accelerator=cpu", "trainer.devices=1",
+    "trainer.precision=32-true", "trainer.checkpoint_every_steps=2", "trainer.log_every_steps=1",
+    "trainer.progress_bar=false",
+]
+
 
 def start(args: list[str], env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
     """``python -m mcl.cli ARGS`` in the background, stdout+stderr to ``log`` (or a pipe)."""

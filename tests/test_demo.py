@@ -201,7 +201,8 @@ def test_equal_time_moco_follows_both_pretrainings_with_steps_scaled_by_their_ti
     runs = demo.run_seed(tmp_path, PLANS["tiny"], 0, methods, lambda _: None, jobs=2)
     assert started[-1] == ("moco_time", 3 * PLANS["tiny"].pretrain_steps)          # 90 s / 30 s
     assert {m for m, _ in started[:2]} == {"mcl", "moco"}
-    assert runs["moco_time"]["finetune"]["init"] == "moco_time" and set(runs["moco_time"]) == {"pretrain", "probe", "finetune"}
+    assert runs["moco_time"]["finetune"]["init"] == "moco_time"
+    assert set(runs["moco_time"]) == {"pretrain", "probe", "finetune"}
     assert demo.equal_time_steps(300, 10.0, 40.0) == 75 and demo.equal_time_steps(1, 1.0, 100.0) == 1
     with pytest.raises(UserError, match="add mcl and moco"):
         demo.parse_methods("mcl,moco_time")

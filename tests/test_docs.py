@@ -1,6 +1,7 @@
 """The docs cannot drift from the code: the Python example runs, and every `mcl` command written in
 the README and docs is accepted by the command line; the ones that need no outside data are run."""
 
+import re
 import runpy
 import shlex
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_documented_command_is_accepted(where, tokens):
         assert getattr(module, "ACCEPTS_OVERRIDES", False) and "=" in token, (where, token)
     if args.command == "pretrain":          # the config must resolve too: a dry run does that without data
         from mcl.commands.pretrain import resolve
-        cfg = resolve(args, extra)
+        _, cfg = resolve(args, extra)
         assert cfg.data.batch_size >= 2
 
 
@@ -86,4 +87,26 @@ def test_quickstart_commands_run(tmp_path, capsys, monkeypatch):
 def test_python_api_example_runs():
     namespace = runpy.run_path(str(ROOT / "examples" / "own_training_loop.py"))
     losses = namespace["main"](steps=2)
-    assert len(losses) == 2 and all(l == l for l in losses)
+    assert len(losses) == 2 and all(x == x for x in losses)
+
+
+def test_ci_runs_the_readmes_test_command():
+    """The README's test command, verbatim, is what CI runs."""
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if "pip install -e '.[test]'" in line)
+    assert "ruff check ." in command and "pytest -q" in command
+    assert command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_method_section_a_docstring_cites_exists():
+    """Docstrings point at docs/method.md sections by title; each title is a heading there."""
+    headings = [line[3:] for line in (ROOT / "docs" / "method.md").read_text().splitlines() if line.startswith("## ")]
+    cited = set()
+    for folder in ("src", "tests", "configs", "benchmarks", "examples"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in (".py", ".yaml") and path.is_file():
+                cited |= set(re.findall(r'docs/method\.md, "([^"]+)"', path.read_text()))
+    assert {"The loss", "MoCo v2", "Optimisation"} <= cited
+    missing = sorted(title for title in cited if not any(h.startswith(title) for h in headings))
+    assert not missing, f"cited in docstrings but not a heading of docs/method.md: {missing}"
+    assert not [p for p in (ROOT / "src").rglob("*.py") if "MCL-SPEC" in p.read_text()]   # the spec is not here

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from mcl.errors import UserError
 from mcl.montage import LevelSpec, build_pyramids, downscale, level_specs, tile
 
 PAPER = level_specs([1, 2, 4, 8], [1, 1, 1, 2])
@@ -13,7 +12,8 @@ def indexed_crops(batch: int, levels: int, size: int) -> torch.Tensor:
     """Crop (b, l) is a random image plus a constant offset that encodes b and l."""
     torch.manual_seed(0)
     crops = torch.rand(batch, 2 * levels, 3, size, size)
-    return crops + torch.arange(batch).view(batch, 1, 1, 1, 1) * 10 + torch.arange(2 * levels).view(1, -1, 1, 1, 1) * 1000
+    return (crops + torch.arange(batch).view(batch, 1, 1, 1, 1) * 10
+            + torch.arange(2 * levels).view(1, -1, 1, 1, 1) * 1000)
 
 
 @pytest.mark.parametrize("interpolation", ["nearest", "bilinear_antialias"])
@@ -67,12 +67,12 @@ def test_tile_is_raster_order():
 
 
 def test_batch_that_does_not_tile_is_refused():
-    with pytest.raises(UserError, match="batch size 20"):
+    with pytest.raises(ValueError, match="batch size 20"):
         LevelSpec(8, 2).num_montages(20)
-    with pytest.raises(UserError, match="same length"):
+    with pytest.raises(ValueError, match="same length"):
         level_specs([1, 2], [1])
 
 
 def test_downscale_rejects_unknown_interpolation():
-    with pytest.raises(UserError, match="interpolation"):
+    with pytest.raises(ValueError, match="interpolation"):
         downscale(torch.zeros(1, 3, 8, 8), 2, "cubic")

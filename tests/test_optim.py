@@ -46,8 +46,9 @@ def test_bn_and_bias_are_excluded_from_decay_and_adaptation():
 
 
 def test_warmup_cosine_landmarks():
-    f = lambda k: warmup_cosine_factor(k, total_steps=1000, warmup_steps=100, base_lr=2.0, min_lr=0.0,
-                                       warmup_start_ratio=1e-4)
+    def f(k):
+        return warmup_cosine_factor(k, total_steps=1000, warmup_steps=100, base_lr=2.0, min_lr=0.0,
+                                    warmup_start_ratio=1e-4)
     assert f(0) == pytest.approx(1e-4)
     cos100 = (1 + math.cos(math.pi * 0.1)) / 2
     assert f(100) == pytest.approx(cos100)

@@ -8,4 +8,4 @@ import os
 # torch starts its thread pool, hence here; a value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -4,6 +4,12 @@ A config is a tree of dataclasses. ``load_config(cls, yaml_path, overrides)`` st
 dataclass defaults, merges the YAML file, then applies overrides such as ``optim.base_lr=0.5``
 or ``--optim.base_lr 0.5``. Unknown keys and values of the wrong type are refused with one line
 that names the key and the file, before any work starts.
+
+Validation has one style for every config tree (pretraining methods and fine-tuning): each dataclass may
+define ``checks() -> [(holds, key, what it must be)]`` about its own fields (keys relative to it), and a
+tree's root may add checks across sections (dotted keys). ``validate`` runs them all, prefixing each
+section's keys with its path, and raises ``ConfigError`` naming the first key that fails and its value.
+``load_config`` validates what it builds.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import yaml
 from mcl.errors import UserError
 
 T = TypeVar("T")
+Check = tuple[bool, str, str]   # (condition that must hold, key, what it must be)
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -209,8 +216,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict | None = None) -> T:
-    """Defaults of ``cls`` <- YAML file at ``path`` <- command-line ``overrides``."""
+def read_values(path: str | Path | None = None,
+                overrides: list[str] | dict | None = None) -> tuple[dict[str, Any], str]:
+    """The YAML file at ``path`` (a path or a packaged recipe name) merged with ``overrides``, as a nested dict,
+    and where it came from (for error messages)."""
     values: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -221,15 +230,53 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         extra = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         values = merge(values, extra)
         source += " + command line"
+    return values, source
+
+
+def build_config(cls: type[T], values: dict[str, Any], source: str = "defaults") -> T:
+    """Defaults of ``cls`` updated with ``values``, then :func:`validate`; errors say ``[in source]``."""
     try:
-        return _build(cls, values)
+        cfg = _build(cls, values)
+        validate(cfg)
+        return cfg
     except ConfigError as exc:
         raise ConfigError(f"{exc} [in {source}]") from exc
 
 
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict | None = None) -> T:
+    """Defaults of ``cls`` <- YAML file at ``path`` <- command-line ``overrides``, validated."""
+    return build_config(cls, *read_values(path, overrides))
+
+
+def collect_checks(config: Any, prefix: str = "") -> list[Check]:
+    """Every section's ``checks()`` with its keys prefixed by the section's path, sections first, then the
+    node's own (a root's checks are across sections and name their dotted keys in full)."""
+    out: list[Check] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out += collect_checks(value, f"{prefix}{f.name}.")
+    own = config.checks() if hasattr(config, "checks") else []
+    return out + [(ok, f"{prefix}{key}", why) for ok, key, why in own]
+
+
+def validate(config: Any) -> None:
+    """Refuse values that cannot work, with one line naming the first key that fails and its value."""
+    for ok, key, why in collect_checks(config):
+        if not ok:
+            raise ConfigError(f"{key} = {value_at(config, key)!r} {why}")
+
+
+def value_at(config: Any, dotted: str) -> Any:
+    """``value_at(cfg, "optim.base_lr") == cfg.optim.base_lr``."""
+    node = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def save_yaml(config: Any, path: str | Path) -> None:
-    """Write the resolved config beside a run (atomically: temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    """Write the resolved config beside a run (atomically, through ``mcl.engine.atomic``)."""
+    from mcl.engine.atomic import write_text_atomic
+
+    write_text_atomic(Path(path), yaml.safe_dump(to_dict(config), sort_keys=False))

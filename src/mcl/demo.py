@@ -4,8 +4,8 @@ For each seed ``s``:
 
 1. **Pretraining data**: ``plan.unlabeled`` embedded synthetic scenes of seed ``1000 + s`` (no labels used).
 2. **Pretraining, equal budget**: MCL (recipe ``cpu_smoke`` with ``plan.pretrain_overrides``: FPN 128 wide,
-   MoCo's SGD) and MoCo v2 (``moco_cpu_smoke`` with a 64-key queue) each run ``plan.pretrain_steps`` steps of 32 images (equal
-   epochs: the same unique images seen, the same number of optimizer steps, the same optimizer and lr);
+   MoCo's SGD) and MoCo v2 (``moco_cpu_smoke`` with a 64-key queue) each run ``plan.pretrain_steps`` steps of
+   32 images (equal epochs: the same unique images seen, the same number of optimizer steps, the same optimizer and lr);
    the wall-clock of each is recorded beside it (MCL's step encodes 8 crops per image, MoCo's 2, so MCL
    costs more per epoch; the table says how much). Opt-in (``--methods mcl,moco,moco_time,random``): MoCo v2
    again for **equal wall-clock**, ``steps x t_MCL / t_MoCo`` steps from the two measured pretraining times.
@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from mcl.atomic import write_atomic
+from mcl.engine.atomic import write_atomic, write_text_atomic
 from mcl.errors import UserError
 from mcl.probes.run import FIGURES, metric
 from mcl.stats import paired_t_test_p, sign_test_p
@@ -200,8 +200,7 @@ def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say, threads: in
     (default: the plan's); returns ``{"checkpoint", "seconds", "steps", "loss_first", "loss_last"}``."""
     folder = out / f"seed{seed}" / f"pretrain_{method}"
     steps = plan.pretrain_steps if steps is None else steps
-    command, recipe = {"mcl": ("pretrain", "cpu_smoke"), SUPERVISED: ("pretrain-supervised", "supervised_cpu_smoke")
-                       }.get(method, ("pretrain-moco", "moco_cpu_smoke"))
+    recipe = {"mcl": "cpu_smoke", SUPERVISED: "supervised_cpu_smoke"}.get(method, "moco_cpu_smoke")   # names the method
     args = ["--config", recipe, "--out", str(folder), f"trainer.max_steps={steps}",
             f"trainer.seed={seed}", f"data.synthetic_seed={1000 + seed}", f"data.synthetic_num={plan.unlabeled}",
             f"data.synthetic_size={plan.scene_size}", f"data.synthetic_preset={plan.scenes}",
@@ -216,7 +215,7 @@ def pretrain(out: Path, method: str, plan: DemoPlan, seed: int, say, threads: in
         return {"checkpoint": str(folder / "last.ckpt"), "seconds": seconds, "steps": steps, "loss_first": first,
                 "loss_last": last}
 
-    return _stage(out, seed, f"pretrain_{method}", command, args, say, threads, record_of)
+    return _stage(out, seed, f"pretrain_{method}", "pretrain", args, say, threads, record_of)
 
 
 def _labelled_data(scenes: dict) -> list[str]:
@@ -367,7 +366,7 @@ def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ..
                "stage_seconds_total": sum(stage["seconds"] for runs in per_seed.values() for run in runs.values()
                                           for stage in run.values())}
     _write_json(out / "results.json", summary)
-    (out / "results.md").write_text(render_table(summary, markdown=True) + "\n")
+    write_text_atomic(out / "results.md", render_table(summary, markdown=True) + "\n")
     plot(summary, out / "results.png")
     return summary
 

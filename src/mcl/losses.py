@@ -1,4 +1,5 @@
-"""Multi-level InfoNCE (MCL-SPEC section 4), as pure functions of tensors.
+"""The pretraining losses as pure functions of tensors: MCL's multi-level InfoNCE (docs/method.md, "The loss"),
+MoCo v2's queue InfoNCE and supervised montage's per-cell cross-entropy.
 
 For level ``i`` and view ``v`` with cells ``c`` of source image ``y_c`` (index in the global batch):
 
@@ -61,8 +62,7 @@ def positive_assignment(scheme: str, num_levels: int) -> list[list[int]]:
         return [[max(i - 1, 0)] for i in levels]
     if scheme == "all":
         return [list(levels) for _ in levels]
-    from mcl.errors import UserError
-    raise UserError(f"loss.positives {scheme!r} is not one of {', '.join(POSITIVE_SCHEMES)}")
+    raise ValueError(f"positive scheme {scheme!r} is not one of {', '.join(POSITIVE_SCHEMES)}")
 
 
 @dataclass
@@ -140,5 +140,71 @@ def multi_level_loss(predictions: list[list[Tensor]], labels: list[list[Tensor]]
                 neg.append(n_cos)
         level_total = torch.stack(level_loss).sum()
         total = total + level_total
-        stats.append(LevelStats(level_total.detach(), torch.stack(pos).mean().detach(), torch.stack(neg).mean().detach()))
+        stats.append(LevelStats(level_total.detach(), torch.stack(pos).mean().detach(),
+                                torch.stack(neg).mean().detach()))
     return total, stats
+
+
+# ---------------------------------------------------------------- MoCo v2 (docs/method.md, "MoCo v2")
+
+def queue_logits(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """``[q.k, q @ queue^T] / T``: ``q, k (B, D)`` and ``queue (K, D)``, all L2-normalised -> ``(B, 1 + K)``.
+
+    Column 0 holds each query's positive; the label of every row is therefore 0.
+    """
+    positive = (q * k).sum(dim=1, keepdim=True)
+    negative = q @ queue.t()
+    return torch.cat([positive, negative], dim=1) / temperature
+
+
+@dataclass
+class MoCoStats:
+    """Detached 0-d figures of one step: mean positive / negative cosine, top-1 accuracy of the positive."""
+
+    pos_cosine: Tensor
+    neg_cosine: Tensor
+    accuracy: Tensor
+
+
+def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> tuple[Tensor, MoCoStats]:
+    """InfoNCE with a queue of negatives: ``CE(queue_logits(q, k, queue, T), 0)`` (mean over the batch)."""
+    logits = queue_logits(q.float(), k.float(), queue.float(), temperature)
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    loss = F.cross_entropy(logits, labels)
+    with torch.no_grad():
+        cos = logits * temperature
+        stats = MoCoStats(cos[:, 0].mean(), cos[:, 1:].mean(), (logits.argmax(dim=1) == 0).float().mean())
+    return loss, stats
+
+
+# ---------------------------------------------------------------- supervised montage (docs/method.md)
+
+def cell_targets(view_labels: list[Tensor], image_labels: Tensor) -> list[Tensor]:
+    """Class of every cell: ``view_labels[i] (M_i, r_i**2)`` (source index in the batch) -> ``(M_i * r_i**2,)``.
+
+    ``target[c] = image_labels[view_labels[i].reshape(-1)[c]]``: raster order, as the neck emits cells.
+    """
+    return [image_labels[lab.reshape(-1)] for lab in view_labels]
+
+
+@dataclass
+class LevelResult:
+    """Per-level figures (detached 0-d tensors): weighted loss summed over views, accuracy averaged."""
+
+    loss: Tensor
+    accuracy: Tensor
+
+
+def montage_classification_loss(logits: list[list[Tensor]], targets: list[list[Tensor]],
+                                level_weights: list[float]) -> tuple[Tensor, list[LevelResult]]:
+    """``sum_v sum_i w_i * CE(logits[v][i] (N_i, C), targets[v][i] (N_i,))`` and per-level figures."""
+    total = logits[0][0].new_zeros((), dtype=torch.float32)
+    results = []
+    for i, w in enumerate(level_weights):
+        losses = [F.cross_entropy(logits[v][i].float(), targets[v][i]) * w for v in range(len(logits))]
+        level = torch.stack(losses).sum()
+        total = total + level
+        with torch.no_grad():
+            acc = torch.stack([(logits[v][i].argmax(1) == targets[v][i]).float().mean() for v in range(len(logits))])
+        results.append(LevelResult(level.detach(), acc.mean()))
+    return total, results

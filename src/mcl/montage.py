@@ -1,4 +1,4 @@
-"""The montage pyramid (MCL-SPEC section 2): pure tensor code, on whatever device the crops are on.
+"""The montage pyramid (docs/method.md, "The montage pyramid"): pure tensor code, on whatever device the crops are on.
 
 For one view, level ``i`` has downsample ratio ``r_i`` and covers every unique image ``c_i`` times.
 It holds ``M_i = B * c_i / r_i**2`` montages of size ``S x S``, each an ``r_i x r_i`` grid of cells
@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mcl.errors import UserError
-
 INTERPOLATIONS = ("nearest", "bilinear_antialias")
 
 
@@ -34,10 +32,10 @@ class LevelSpec:
         """``B * repeats / ratio**2``; refuses batch sizes that do not tile exactly."""
         cells = batch_size * self.repeats
         if cells % (self.ratio**2):
-            raise UserError(
+            raise ValueError(
                 f"batch size {batch_size} does not fit a level with ratio {self.ratio} and repeats {self.repeats}: "
                 f"{batch_size}x{self.repeats} cells must fill whole {self.ratio}x{self.ratio} montages "
-                f"(use a per-device batch that is a multiple of {self.ratio**2 // _gcd(self.ratio**2, self.repeats)})"
+                f"(a batch that is a multiple of {self.ratio**2 // _gcd(self.ratio**2, self.repeats)} fits)"
             )
         return cells // self.ratio**2
 
@@ -49,14 +47,14 @@ def _gcd(a: int, b: int) -> int:
 
 
 def level_specs(ratios: list[int], repeats: list[int]) -> list[LevelSpec]:
-    """Validated ``LevelSpec`` list from the config's ``montage.ratios`` and ``montage.repeats``."""
+    """Validated ``LevelSpec`` list: one level per ``(ratio, repeats)`` pair."""
     if len(ratios) != len(repeats):
-        raise UserError(f"montage.ratios {ratios} and montage.repeats {repeats} must have the same length")
+        raise ValueError(f"ratios {ratios} and repeats {repeats} must have the same length")
     if not ratios:
-        raise UserError("montage.ratios is empty: give at least one level, e.g. [1, 2, 4, 8]")
+        raise ValueError("no levels: ratios is empty")
     for r, c in zip(ratios, repeats):
         if r < 1 or c < 1:
-            raise UserError(f"montage ratios and repeats must be >= 1, got ratio {r}, repeats {c}")
+            raise ValueError(f"montage ratios and repeats must be >= 1, got ratio {r}, repeats {c}")
     return [LevelSpec(r, c) for r, c in zip(ratios, repeats)]
 
 
@@ -74,13 +72,13 @@ def downscale(crops: Tensor, ratio: int, interpolation: str = "nearest") -> Tens
         return crops
     size = crops.shape[-1]
     if size % ratio:
-        raise UserError(f"crop size {size} is not divisible by montage ratio {ratio}")
+        raise ValueError(f"crop size {size} is not divisible by montage ratio {ratio}")
     out = size // ratio
     if interpolation == "nearest":
         return F.interpolate(crops, size=(out, out), mode="nearest")
     if interpolation == "bilinear_antialias":
         return F.interpolate(crops, size=(out, out), mode="bilinear", antialias=True, align_corners=False)
-    raise UserError(f"montage.interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+    raise ValueError(f"interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
 
 
 def tile(cells: Tensor, labels: Tensor) -> Tensor:
@@ -107,7 +105,7 @@ def build_view_pyramid(crops: Tensor, specs: list[LevelSpec], interpolation: str
         batch-local source index of each cell in raster order.
     """
     if crops.dim() != 5 or crops.shape[1] != len(specs):
-        raise UserError(f"expected crops of shape (B, {len(specs)}, C, S, S) for {len(specs)} levels, "
+        raise ValueError(f"expected crops of shape (B, {len(specs)}, C, S, S) for {len(specs)} levels, "
                         f"got {tuple(crops.shape)}")
     batch = crops.shape[0]
     montages, labels = [], []
@@ -127,7 +125,7 @@ def build_pyramids(crops: Tensor, specs: list[LevelSpec], interpolation: str = "
     """
     levels = len(specs)
     if crops.dim() != 5 or crops.shape[1] != 2 * levels:
-        raise UserError(f"expected crops of shape (B, {2 * levels}, C, S, S) (two views of {levels} levels), "
+        raise ValueError(f"expected crops of shape (B, {2 * levels}, C, S, S) (two views of {levels} levels), "
                         f"got {tuple(crops.shape)}")
     return [build_view_pyramid(crops[:, v * levels:(v + 1) * levels], specs, interpolation, generator)
             for v in range(2)]

@@ -1,4 +1,4 @@
-"""Optimiser and schedules (MCL-SPEC section 5).
+"""Optimiser and schedules (docs/method.md, "Optimisation").
 
 LARS, as in the released configuration (SGD momentum with a layer-wise trust ratio):
 
@@ -102,7 +102,7 @@ class LARS(Optimizer):
 def split_decay_groups(model: nn.Module, exclude_bn_bias: bool) -> tuple[list, list]:
     """``(regular, excluded)``: excluded = biases and normalisation parameters (1-d tensors)."""
     regular, excluded = [], []
-    for name, p in model.named_parameters():
+    for _name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (excluded if exclude_bn_bias and p.ndim <= 1 else regular).append(p)

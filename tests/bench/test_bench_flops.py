@@ -8,7 +8,7 @@ from torch import nn
 
 from mcl.bench import flops as F
 from mcl.config import load_config
-from mcl.pretrain_config import PretrainConfig
+from mcl.methods.mcl import MCLConfig
 
 # Four levels as in paper mode (every FPN level feeds the loss), ResNet-18 on 32 px crops, thin heads.
 TINY = [
@@ -19,7 +19,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def tiny_cfg():
-    return load_config(PretrainConfig, None, TINY)
+    return load_config(MCLConfig, None, TINY)
 
 
 @pytest.mark.parametrize("mode", ["faithful", "efficient"])
@@ -99,7 +99,7 @@ def test_meta_shims_only_touch_meta_tensors():
 
 
 def test_paper_mode_ratio_meets_the_issue_target():
-    cfg = load_config(PretrainConfig, "paper_r50_in1k_100ep")
+    cfg = load_config(MCLConfig, "paper_r50_in1k_100ep")
     counts = {m: F.mcl_step_flops(copy.deepcopy(cfg), m) for m in ("faithful", "efficient")}
     ratio = counts["efficient"].total / counts["faithful"].total
     assert ratio <= 0.45

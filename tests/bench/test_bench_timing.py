@@ -31,7 +31,7 @@ def test_mcl_step_variants_with_compile_and_checkpointing_are_labelled():
 
 def test_body_floor_runs_the_online_body_on_every_montage_and_the_target_on_level_zero():
     from mcl.bench.suite import TINY_OVERRIDES, load_recipe
-    from mcl.train import build_model
+    from mcl.methods.mcl import build_model
 
     cfg = load_recipe("cpu_smoke", TINY_OVERRIDES)
     crops = T.random_crops(cfg, torch.device("cpu"))

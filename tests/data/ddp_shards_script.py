@@ -14,8 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import TINY_PRETRAIN  # noqa: E402
 
 from mcl.config import load_config, to_dict  # noqa: E402
-from mcl.pretrain_config import PretrainConfig  # noqa: E402
-from mcl.train import MCLDataModule, MCLPretrainModule, build_trainer  # noqa: E402
+from mcl.engine.trainer import build_trainer  # noqa: E402
+from mcl.methods.mcl import (
+    MCLConfig,  # noqa: E402
+    MCLPretrainModule,  # noqa: E402
+)
 
 
 class RecordBatches(Callback):
@@ -31,11 +34,11 @@ def main(shards: str, out_dir: str, steps: int) -> None:
                                  f"trainer.max_steps={steps}", "data.batch_size=32", "data.num_workers=1",
                                  f"data.source={shards}", "data.shard_shuffle_buffer=4",
                                  "trainer.checkpoint_every_steps=1000"]
-    cfg = load_config(PretrainConfig, None, overrides)
+    cfg = load_config(MCLConfig, None, overrides)
     module = MCLPretrainModule(to_dict(cfg))
     recorder = RecordBatches()
     trainer = build_trainer(cfg, Path(out_dir), extra_callbacks=[recorder])
-    trainer.fit(module, datamodule=MCLDataModule(cfg))
+    trainer.fit(module, datamodule=MCLPretrainModule.datamodule(cfg))
     dataset = trainer.datamodule.dataset
     torch.save({"batches": recorder.batches, "world": trainer.world_size, "dataset_len": len(dataset),
                 "loader_len": len(trainer.train_dataloader), "steps_per_epoch": module.steps_per_epoch(),

@@ -10,12 +10,12 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from mcl.cli import main
-
-# pycocotools' decode trips a numpy-2 DeprecationWarning inside the library; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 from mcl.data import synthetic
 from mcl.data.sources import SourceError, list_images
 from mcl.data.synthetic import CATEGORIES, MIN_VISIBLE_PIXELS, SyntheticScenes, render_scene, write_coco_scenes
+
+# pycocotools' decode trips a numpy-2 DeprecationWarning inside the library; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 def test_categories_are_coco_style():
@@ -150,8 +150,8 @@ def test_cli_data_synth_and_info(tmp_path, capsys):
 
 
 def test_the_simple_preset_draws_fewer_larger_plainer_objects_and_standard_is_unchanged(tmp_path):
-    from mcl.data.synthetic import PRESETS, _render
     from mcl.data.sources import SourceError
+    from mcl.data.synthetic import PRESETS, _render
 
     standard = render_scene(3, 5, 128)
     assert np.array_equal(np.asarray(render_scene(3, 5, 128, "standard")[0]), np.asarray(standard[0]))

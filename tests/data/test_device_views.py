@@ -471,15 +471,15 @@ def test_pretrain_with_augmentation_on_the_device(tmp_path, tiny_pretrain):
 
 
 def test_only_mcl_pretraining_accepts_augment_on_device():
+    from mcl.config import validate
     from mcl.errors import UserError
-    from mcl.moco_config import MoCoConfig
-    from mcl.moco_config import validate as validate_moco
-    from mcl.pretrain_config import PretrainConfig, validate
+    from mcl.methods.mcl import MCLConfig
+    from mcl.methods.moco import MoCoConfig
 
-    cfg = PretrainConfig()
+    cfg = MCLConfig()
     cfg.data.augment_on = "device"
     validate(cfg)
     moco = MoCoConfig()
     moco.data.augment_on = "device"
     with pytest.raises(UserError, match="data.augment_on"):
-        validate_moco(moco)
+        validate(moco)

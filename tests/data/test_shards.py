@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_photos
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from conftest import write_photos
 from mcl.cli import main
-from mcl.data.shard_index import (INDEX_NAME, Shard, expand_braces, is_shard_source, list_shards, split_key,
-                                  write_index)
+from mcl.data.shard_index import INDEX_NAME, Shard, expand_braces, is_shard_source, list_shards, split_key, write_index
 from mcl.data.shard_writer import write_shards
 from mcl.data.shards import ShardDataset, ShardLoader, wants_shards
 from mcl.data.sources import collate_views
@@ -154,7 +153,8 @@ def test_epochs_reorder_and_seed_plus_epoch_reproduces(tmp_path):
 def test_two_ranks_two_workers_read_disjoint_shards_and_equal_batches(tmp_path, sizes):
     make_shards(tmp_path / "s", sizes)
     listed = list_shards(tmp_path / "s")
-    owner = {i: k for k, (off, s) in enumerate(zip(listed.offsets(), listed.shards)) for i in range(off, off + s.samples)}
+    owner = {i: k for k, (off, s) in enumerate(zip(listed.offsets(), listed.shards))
+             for i in range(off, off + s.samples)}
     dataset = ShardDataset(listed, image_size, seed=1, shuffle_buffer=3)
     batch, expected = 4, (sum(sizes) // (2 * 4)) * 4
     for epoch in (0, 1):
@@ -288,13 +288,13 @@ def test_pretrain_reads_shards(tmp_path, tiny_pretrain):
 
 def test_moco_pretraining_reads_shards(tmp_path):
     """MoCo v2 takes the same shard sources as MCL (two crops per sample instead of eight)."""
-    from test_moco_cli import TINY_MOCO
+    from runs import TINY_MOCO
 
     write_photos(tmp_path / "photos", 20)
     assert main(["data", "shards", "--src", str(tmp_path / "photos"), "--out", str(tmp_path / "shards"),
                  "--shard-size", "5"]) == 0
     run = tmp_path / "run"
-    assert main(["pretrain-moco", "--data", str(tmp_path / "shards"), "--out", str(run), *TINY_MOCO,
+    assert main(["pretrain", "method=moco_v2", "--data", str(tmp_path / "shards"), "--out", str(run), *TINY_MOCO,
                  "data.shard_shuffle_buffer=4"]) == 0
     with open(run / "logs" / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]

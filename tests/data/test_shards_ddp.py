@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_shards import make_shards
 
 SCRIPT = Path(__file__).with_name("ddp_shards_script.py")

@@ -2,26 +2,27 @@
 
 import pytest
 import torch
+from tiny import config, mcl_model
 from torchvision.models.detection import maskrcnn_resnet50_fpn_v2
 
-from mcl.errors import UserError
+from mcl.config import ConfigError
+from mcl.methods.mcl import MCLConfig
 from mcl.models.backbone import ResNetFPN
 from mcl.models.ema import cosine_momentum
 from mcl.models.mcl import MCL, fpn_level_for
 from mcl.models.neck import CellNeck, split_cells
 
-TINY = dict(arch="resnet18", crop_size=64, cell_size=2, fpn_channels=32, neck_hidden=32, predictor_hidden=32,
-            embed_dim=16)
+TINY = ["model.arch=resnet18", "data.crop_size=64", "model.cell_size=2", "model.fpn_channels=32",
+        "model.neck_hidden=32", "model.predictor_hidden=32", "model.embed_dim=16"]
 
 
-def tiny_model(**kw):
-    torch.manual_seed(0)
-    return MCL(**{**TINY, **kw})
+def tiny_model(*overrides):
+    return mcl_model(*TINY, *overrides)
 
 
 def test_efficient_and_faithful_give_the_same_loss_with_bn_in_eval_mode():
-    eff = tiny_model(compute_mode="efficient")
-    faith = tiny_model(compute_mode="faithful")
+    eff = tiny_model("model.compute_mode=efficient")
+    faith = tiny_model("model.compute_mode=faithful")
     faith.load_state_dict(eff.state_dict())
     # give BN non-trivial running statistics first
     eff.train()
@@ -61,7 +62,7 @@ def test_fpn_partial_computation_matches_torchvision_fpn():
 
 def test_cells_are_raster_order_and_padding_stays_inside_each_cell():
     torch.manual_seed(0)
-    neck = CellNeck(channels=8, hidden=16, out_dim=4, cell_size=3).eval()
+    neck = CellNeck(channels=8, num_convs=4, hidden=16, out_dim=4, cell_size=3).eval()
     x = torch.randn(2, 8, 6, 6)
     cells = split_cells(x, 3)
     torch.testing.assert_close(cells[1], x[0, :, 0:3, 3:6])      # image 0, row 0, col 1
@@ -71,21 +72,33 @@ def test_cells_are_raster_order_and_padding_stays_inside_each_cell():
     torch.testing.assert_close(whole[1, 2], alone[0, 0], rtol=1e-5, atol=1e-6)
 
 
-def test_geometry_is_checked():
+def test_geometry_is_checked_by_the_model_with_the_facts_and_by_the_config_with_the_key():
     assert [fpn_level_for(224, 7, r) for r in (1, 2, 4, 8)] == [3, 2, 1, 0]
-    with pytest.raises(UserError, match="inconsistent geometry"):
+    with pytest.raises(ValueError, match="needs an FPN stride of 100/14"):
         fpn_level_for(100, 7, 2)
-    with pytest.raises(UserError, match="32 x model.cell_size"):
-        MCL(**{**TINY, "crop_size": 128})
-    with pytest.raises(UserError, match="one weight per level"):
-        MCL(**TINY, level_weights=[1.0])
+    bad_crop = config(MCLConfig, *TINY)
+    bad_crop.data.crop_size = 128                      # a config changed in code, past its checks
+    with pytest.raises(ValueError, match="a 128px montage with ratio 1 and 2px cells needs an FPN stride of 128/2"):
+        MCL.from_config(bad_crop)
+    with pytest.raises(ConfigError, match="data.crop_size = 128 does not fit: a 128px montage with ratio 1 .*\\[in"):
+        config(MCLConfig, *TINY, "data.crop_size=128")
+    two_levels = ["montage.ratios=[1,2]", "montage.repeats=[1,1]", "loss.level_weights=[0.5,0.5]"]
+    with pytest.raises(ConfigError, match="data.crop_size = 128 must equal 32 x model.cell_size = 256"):
+        config(MCLConfig, *TINY, *two_levels, "data.crop_size=128", "model.cell_size=8")   # level 0 on P4
+    with pytest.raises(ConfigError, match="loss.level_weights = \\[1.0\\] must have one weight per montage level"):
+        config(MCLConfig, *TINY, "loss.level_weights=[1.0]")
+    with pytest.raises(ConfigError, match="data.batch_size = 36 does not fit: batch size 36 does not fit a level "
+                                          "with ratio 4"):
+        config(MCLConfig, *TINY, "data.batch_size=36")
 
 
 def test_cosine_momentum_schedule():
     assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99)
     assert cosine_momentum(50, 100, 0.99) == pytest.approx(1 - 0.01 * 0.5)
     assert cosine_momentum(100, 100, 0.99) == pytest.approx(1.0)
-    assert cosine_momentum(25, 100, 0.99) == pytest.approx(1 - 0.01 * (torch.cos(torch.tensor(torch.pi / 4)).item() + 1) / 2)
+    assert cosine_momentum(25, 100, 0.99) == pytest.approx(
+        1 - 0.01 * (torch.cos(torch.tensor(torch.pi / 4)).item() + 1) / 2
+    )
 
 
 def test_ema_update_matches_formula():
@@ -108,7 +121,7 @@ def test_target_starts_as_copy_of_online():
 
 def test_online_encoder_keys_are_the_detectors_keys():
     """Backbone + FPN load strictly into maskrcnn_resnet50_fpn_v2's backbone; neck convs into box_head convs."""
-    model = MCL(arch="resnet50", crop_size=224, cell_size=7)
+    model = MCL.from_config(MCLConfig())              # paper mode: the config's defaults
     detector = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=3)
     detector.backbone.load_state_dict(model.online.backbone.state_dict(), strict=True)
     convs = model.online.neck.convs.state_dict()
@@ -120,7 +133,7 @@ def test_online_encoder_keys_are_the_detectors_keys():
 def test_targets_are_in_image_order():
     """Target row b must embed image b's level-0 crop, whatever order level 0's montages are in."""
     for mode in ("efficient", "faithful"):
-        model = tiny_model(compute_mode=mode).eval()
+        model = tiny_model(f"model.compute_mode={mode}").eval()
         crops = torch.randn(32, 8, 3, 64, 64)
         from mcl.montage import build_pyramids
         (montages, labels), _ = build_pyramids(crops, model.specs, generator=torch.Generator().manual_seed(2))
@@ -132,7 +145,7 @@ def test_targets_are_in_image_order():
 
 def test_identical_views_give_high_positive_cosine_for_a_copy_predictor():
     """With view 2 = view 1 and predictors that copy their input, level-0 positives are exact matches."""
-    model = tiny_model(compute_mode="efficient")
+    model = tiny_model("model.compute_mode=efficient")
     with torch.no_grad():
         for _ in range(3):                        # realistic BN running statistics, so images differ
             model(torch.randn(32, 8, 3, 64, 64), gather=False)
@@ -154,7 +167,7 @@ def test_identical_views_give_high_positive_cosine_for_a_copy_predictor():
 
 @pytest.mark.parametrize("scheme", ["top", "same", "neighbour", "all"])
 def test_every_positive_assignment_scheme_trains(scheme):
-    model = tiny_model(positives=scheme)
+    model = tiny_model(f"loss.positives={scheme}")
     out = model(torch.randn(32, 8, 3, 64, 64), generator=torch.Generator().manual_seed(0), gather=False)
     out.loss.backward()
     assert torch.isfinite(out.loss)
@@ -163,7 +176,7 @@ def test_every_positive_assignment_scheme_trains(scheme):
 
 def test_same_level_targets_average_an_images_cells():
     """Level 3 holds every image twice: its per-image target is the mean of the two cells."""
-    model = tiny_model(positives="same").eval()
+    model = tiny_model("loss.positives=same").eval()
     crops = torch.randn(32, 8, 3, 64, 64)
     from mcl.montage import build_pyramids
     (montages, labels), _ = build_pyramids(crops, model.specs, generator=torch.Generator().manual_seed(4))

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mcl.errors import UserError
-from mcl.models.moco import MoCo, enqueue, moco_loss, queue_logits
+from mcl.losses import moco_loss, queue_logits
+from mcl.models.moco import MoCo, enqueue
 
 TINY = dict(arch="resnet18", head_hidden=16, embed_dim=8)
 
@@ -31,9 +31,9 @@ def test_enqueue_writes_oldest_rows_and_wraps_the_pointer():
         enqueue(torch.zeros(6, 2), 0, torch.zeros(4, 2))
 
 
-def test_queue_not_a_multiple_of_the_global_batch_is_a_user_error():
+def test_queue_not_a_multiple_of_the_keys_per_step_is_refused_with_a_size_that_fits():
     model = tiny_moco(queue_size=10)
-    with pytest.raises(UserError, match="model.queue_size 10 is not a multiple of the global batch 4"):
+    with pytest.raises(ValueError, match="queue size 10 is not a multiple of the 4 keys per step .*; 8 is"):
         model.check_queue(4)
 
 

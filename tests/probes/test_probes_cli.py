@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 import torchvision
+from runs import SMALL_PRETRAIN
 
 from mcl.cli import main
 from mcl.data.synthetic import write_coco_scenes
 from mcl.probes.data import load_probe_set, paint_class_map
 from mcl.probes.encoder import FrozenEncoder, read_layout
-from runs import SMALL_PRETRAIN
 
 TINY_PROBE = ["--synthetic-train", "6", "--synthetic-val", "4", "--synthetic-size", "64", "--image-size", "64",
               "--max-pixels", "2000", "--steps", "10"]

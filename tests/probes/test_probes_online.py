@@ -5,8 +5,8 @@ import signal
 
 import pytest
 from PIL import Image
-
 from runs import SMALL_PRETRAIN, differences, load, read_losses, run, start, wait_for_step
+
 from mcl.probes.online import METRICS
 
 PROBE = ["probe.synthetic_train=6", "probe.synthetic_val=4", "probe.synthetic_size=64", "probe.image_size=64",
@@ -76,9 +76,10 @@ def test_probe_json_flags_resolve_and_bad_probe_settings_are_one_line_errors(tmp
     from mcl.probes.online import split_even_odd
 
     json_path = write_coco_scenes(tmp_path / "labelled", 5, 0, 64)
-    args, extra = build_parser()[0].parse_known_args(["pretrain", "--config", "cpu_smoke", "--probe-json", str(json_path),
+    args, extra = build_parser()[0].parse_known_args(["pretrain", "--config", "cpu_smoke",
+                                                      "--probe-json", str(json_path),
                                                       "--probe-images", str(json_path.parent), "probe.every_steps=5"])
-    cfg = resolve(args, extra)
+    _, cfg = resolve(args, extra)
     assert (cfg.probe.json, cfg.probe.images, cfg.probe.every_steps) == (str(json_path), str(json_path.parent), 5)
     train, val = split_even_odd(load_probe_set(json_path, json_path.parent, 64))
     assert (len(train), len(val)) == (3, 2) and train.images.shape[1:] == (3, 64, 64)

@@ -7,20 +7,19 @@ import pytest
 import torch
 import torchvision
 import yaml
+from conftest import TINY_PRETRAIN
 from torch import nn
 from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn_v2
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 
-from conftest import TINY_PRETRAIN
 from mcl.cli import main
 from mcl.config import load_config, to_dict
 from mcl.errors import UserError
-from mcl.pretrain_config import PretrainConfig
-from mcl.train import MCLPretrainModule
+from mcl.methods.mcl import MCLConfig, MCLPretrainModule
 from mcl.transfer.export import convert_checkpoint, export, verify_torchvision
 
-# torchvision detector prefix <- checkpoint prefix (MCL-SPEC section 7: neck conv k -> box head conv k)
+# torchvision detector prefix <- checkpoint prefix (docs/method.md, "Transfer": neck conv k -> box head conv k)
 COVERED = {"backbone.body.": "backbone.body.", "backbone.fpn.": "backbone.fpn.",
            **{f"roi_heads.box_head.{k}.": f"neck.convs.{k}." for k in range(4)}}
 # what maskrcnn_resnet50_fpn_v2 keeps fresh: RPN, the box head's fc (index 5), predictors, mask head
@@ -30,7 +29,7 @@ FRESH = ("rpn.", "roi_heads.box_head.5.", "roi_heads.box_predictor.", "roi_heads
 
 def write_checkpoint(folder, overrides, seed):
     """A checkpoint like `mcl pretrain` writes, with every tensor randomised (online != target)."""
-    config = to_dict(load_config(PretrainConfig, None, overrides))
+    config = to_dict(load_config(MCLConfig, None, overrides))
     module = MCLPretrainModule(config)
     gen = torch.Generator().manual_seed(seed)
     state = module.state_dict()

@@ -7,14 +7,13 @@ import json
 import pytest
 import torch
 import torchvision
-
 from conftest import TINY_PRETRAIN
+
 from mcl.cli import main
 from mcl.config import load_config, to_dict
 from mcl.errors import UserError
+from mcl.methods.mcl import MCLConfig, MCLPretrainModule
 from mcl.models.backbone import make_resnet
-from mcl.pretrain_config import PretrainConfig
-from mcl.train import MCLPretrainModule
 from mcl.transfer.detection import _v2_layout, build_detector, load_initial_weights
 from mcl.transfer.evaluate import METRICS
 from mcl.transfer.finetune_config import ScheduleConfig, lr_factor, resolve_schedule
@@ -151,7 +150,7 @@ def test_init_without_local_torchvision_weights_names_the_expected_file(tmp_path
 
 
 def test_init_from_an_mcl_pretraining_checkpoint_takes_backbone_fpn_and_head_convs(tmp_path):
-    config = to_dict(load_config(PretrainConfig, None, [*TINY_PRETRAIN, "model.fpn_channels=256"]))
+    config = to_dict(load_config(MCLConfig, None, [*TINY_PRETRAIN, "model.fpn_channels=256"]))
     pretrained = MCLPretrainModule(config)
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": pretrained.state_dict(), "hyper_parameters": {"config": config},
@@ -240,7 +239,7 @@ def test_finetune_bad_input_is_one_line_exit_2(synthetic_run, tmp_path, capsys):
     rc = main(["finetune", "--out", str(root / "run"), *TINY])
     assert rc == 2 and "already holds checkpoints" in capsys.readouterr().err
     rc = main(["finetune", "--train-json", str(data / "train.json"), "--out", str(tmp_path / "y")])
-    assert rc == 2 and "give all of train_json" in capsys.readouterr().err
+    assert rc == 2 and "data.train_images = None is missing: give all of data.train_json" in capsys.readouterr().err
 
 
 @pytest.mark.slow

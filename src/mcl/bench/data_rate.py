@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from mcl.bench.timing import Step, mcl_step, synchronize
+from mcl.engine.atomic import write_atomic
 
 
 class one_thread:
@@ -113,7 +114,7 @@ def write_jpegs(folder: Path, count: int, width: int, height: int, seed: int = 0
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.BILINEAR)
         path = folder / f"scene_{i:04d}.jpg"
-        image.save(path, quality=quality)
+        write_atomic(path, lambda f, image=image: image.save(f, format="JPEG", quality=quality))
         paths.append(path)
     return paths
 
@@ -175,7 +176,7 @@ def loader_wait(cfg, device: torch.device, steps: int = 6, compute_mode: str | N
 
     from mcl.data.device_views import CanvasCollate, crops_of, to_device
     from mcl.data.sources import collate_views
-    from mcl.train import build_dataset, build_device_views
+    from mcl.methods.mcl import build_dataset, build_device_views
 
     cfg = copy.deepcopy(cfg)
     if compute_mode is not None:

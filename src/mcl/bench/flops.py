@@ -208,14 +208,14 @@ def build_on(device: str | torch.device) -> Iterator[None]:
 
 def mcl_step_flops(cfg, compute_mode: str | None = None, device: str = "meta", batch_size: int | None = None,
                    seed: int = 0) -> StepFlops:
-    """FLOPs of one MCL training step for a ``PretrainConfig`` (its batch, crops, model; ``compute_mode``).
+    """FLOPs of one MCL training step for an ``MCLConfig`` (its batch, crops, model; ``compute_mode``).
 
     Single process (no all-gather): each view's logits are ``cells x B`` instead of ``cells x global
     batch`` (the loss's matmuls are well under 0.1% of the step either way).
     """
     import copy
 
-    from mcl.train import build_model
+    from mcl.methods.mcl import build_model
 
     cfg = copy.deepcopy(cfg)
     if compute_mode is not None:
@@ -255,16 +255,18 @@ def supervised_step_flops(arch: str = "resnet50", image_size: int = 224, batch_s
                       unique_images=batch_size, backward=backward)
 
 
-def moco_step_flops(arch: str = "resnet50", image_size: int = 224, batch_size: int = 32, device: str = "meta",
-                    head_hidden: int = 2048, embed_dim: int = 128, queue_size: int = 65536,
-                    temperature: float = 0.2) -> StepFlops:
-    """MoCo v2 (``mcl.models.moco.MoCo``): query encoder forward + backward on one view, key encoder
-    forward on the other, logits against the ``K``-key queue. ``queue_size`` must divide by the batch."""
+def moco_step_flops(arch: str, image_size: int, batch_size: int, device: str = "meta",
+                    queue_size: int | None = None) -> StepFlops:
+    """MoCo v2 (``mcl.models.moco.MoCo``, ``MoCoConfig``'s head): query encoder forward + backward on one view,
+    key encoder forward on the other, logits against the ``K``-key queue (None: the config's 65536)."""
+    from mcl.methods.moco import MoCoConfig
     from mcl.models.moco import MoCo
 
+    cfg = MoCoConfig()
+    cfg.model.arch = arch
+    cfg.model.queue_size = queue_size or cfg.model.queue_size
     with build_on(device):
-        model = MoCo(arch=arch, head_hidden=head_hidden, embed_dim=embed_dim, queue_size=queue_size,
-                     temperature=temperature)
+        model = MoCo.from_config(cfg)
     model.train()
     crops = _input((batch_size, 2, 3, image_size, image_size), device, 0)
     return count_step(model, lambda: model(crops, gather=False).loss, MOCO_PARTS, unique_images=batch_size)
@@ -289,7 +291,10 @@ def moco_flops_analytic(supervised: StepFlops, forward_only: StepFlops, embed_di
 
 
 def conv_flops(cin: int, cout: int, kernel: int, height: int, width: int, batch: int = 1) -> int:
-    """Analytic forward FLOPs of a dense ``kernel x kernel`` conv producing an ``H x W`` map: ``2 Cin Cout k^2 H W N``."""
+    """Analytic forward FLOPs of a dense ``kernel x kernel`` conv producing an ``H x W`` map.
+
+    ``2 Cin Cout k^2 H W N``.
+    """
     return 2 * cin * cout * kernel * kernel * height * width * batch
 
 

@@ -11,7 +11,7 @@ import math
 import re
 from pathlib import Path
 
-from mcl.atomic import write_atomic
+from mcl.engine.atomic import write_atomic
 
 GIGA, TERA, MIB = 1e9, 1e12, 2**20
 PART_COLUMNS = ("backbone", "fpn", "neck", "predictors", "target", "other")
@@ -57,12 +57,13 @@ def flops_section(results: dict, markdown: bool = False) -> str:
     headers = ["setting", "mode", "B", "TFLOP/step", "GFLOP/img", "x sup.", "backbone", "FPN", "neck", "predictors",
                "target", "other"]
     rows = []
-    for key, setting in f.get("settings", {}).items():
+    for setting in f.get("settings", {}).values():
         for mode, c in setting.get("modes", {}).items():
             img = c["unique_images"]
             rows.append([setting["label"], mode, str(img), _fmt(c["total_flops"] / TERA, 2),
                          _fmt(c["flops_per_unique_image"] / GIGA),
-                         _fmt(c["flops_per_unique_image"] / sup if sup and setting.get("crop_size") == 224 else None, 2)]
+                         _fmt(c["flops_per_unique_image"] / sup if sup and setting.get("crop_size") == 224 else None,
+                              2)]
                         + [_fmt(part_flops(c, p) / img / GIGA, 2) for p in PART_COLUMNS])
     for key, ref in refs.items():
         if "error" in ref:
@@ -75,12 +76,13 @@ def flops_section(results: dict, markdown: bool = False) -> str:
         rows.append([ref["label"], "-", str(img), _fmt(ref["total_flops"] / TERA, 3),
                      _fmt(ref["flops_per_unique_image"] / GIGA),
                      _fmt(ref["flops_per_unique_image"] / sup if sup else None, 2),
-                     _fmt(backbone / img / GIGA, 2), "-", "-", "-", _fmt(target / img / GIGA, 2) if target else "-", "-"])
+                     _fmt(backbone / img / GIGA, 2), "-", "-", "-", _fmt(target / img / GIGA, 2) if target else "-",
+                     "-"])
     lines = [_title("FLOPs per training step: forward + backward, online + target "
                     "(FlopCounterMode on the meta device; parts in GFLOP per unique image)", markdown),
              table(headers, rows, markdown)]
     notes = []
-    for key, setting in f.get("settings", {}).items():
+    for setting in f.get("settings", {}).values():
         r = setting.get("efficient_over_faithful")
         if r is not None:
             target = setting.get("target_ratio")
@@ -89,7 +91,7 @@ def flops_section(results: dict, markdown: bool = False) -> str:
     checks = f.get("checks", {})
     if "neck_p2_over_backbone" in checks:
         notes.append(f"neck 3x3 convs on P2 of one 224 image / ResNet-50 body forward = "
-                     f"{checks['neck_p2_over_backbone']:.2f} (spec section 6: about 1.8)")
+                     f"{checks['neck_p2_over_backbone']:.2f} (docs/method.md, Compute modes: about 1.8)")
     for key in ("paper_neck_cut", "paper_target_cut"):
         if key in checks:
             notes.append(checks[key]["text"])
@@ -115,7 +117,8 @@ def timing_section(results: dict, markdown: bool = False) -> str:
         peak = v.get("peak_bytes_max")
         rows.append([name, setting, str(v["images"]), _fmt(v.get("median_s"), 3),
                      f"{_fmt(v.get('min_s'), 2)}-{_fmt(v.get('max_s'), 2)}", _fmt(v.get("median_cpu_s"), 2),
-                     _fmt(v.get("images_per_s"), 1), _fmt(v.get("tflop_per_s"), 3 if v.get("tflop_per_s", 0) < 1 else 1),
+                     _fmt(v.get("images_per_s"), 1),
+                     _fmt(v.get("tflop_per_s"), 3 if v.get("tflop_per_s", 0) < 1 else 1),
                      _fmt(v.get("rate_vs_supervised"), 2),
                      _fmt(peak / MIB if peak is not None else None, 0), str(v.get("repeats", 0))])
     lines = [_title(f"Step time: {t['label']} ({t['device_name']}, {t['precision']}"
@@ -202,8 +205,9 @@ def data_section(results: dict, markdown: bool = False) -> str:
                        "unique img/s"]
             steps = lw["step_s"][1:] or lw["step_s"]
             on_device = " (augment_on=device)" if lw.get("augment_on") == "device" else ""
-            rows = [[f"{lw['label']}{on_device}", lw["compute_mode"], str(lw["num_workers"]), str(lw["recipe_batch_size"]),
-                     str(lw["steps"]), _fmt(lw["first_batch_wait_s"], 2), _fmt(sum(steps) / len(steps), 2),
+            rows = [[f"{lw['label']}{on_device}", lw["compute_mode"], str(lw["num_workers"]),
+                     str(lw["recipe_batch_size"]), str(lw["steps"]), _fmt(lw["first_batch_wait_s"], 2),
+                     _fmt(sum(steps) / len(steps), 2),
                      _fmt(100 * lw["wait_fraction"], 1) + " %" if lw["wait_fraction"] is not None else "-",
                      _fmt(lw["images_per_s"], 1)]]
             lines += [_title("Time the training loop waits for data (DataLoader + whole steps; first step "

@@ -3,7 +3,7 @@
 Settings:
 - FLOPs: paper mode (``paper_r50_in1k_100ep``: ResNet-50, B = 128 per device, 224 px, ratios
   1, 2, 4, 8, repeats 1, 1, 1, 2) and the CPU recipe (``cpu_smoke``), faithful and efficient; the
-  references (supervised ResNet-50 and MoCo v2 at 224) and the spec's section-6 figures.
+  references (supervised ResNet-50 and MoCo v2 at 224) and the figures of docs/method.md, "Compute modes".
 - Step time: the *timing recipe*: ``cpu_smoke`` on a CPU, paper mode on a GPU (or ``--recipe``),
   plus supervised and MoCo v2 steps of the same backbone, batch and crop size.
 - Data: per-core rates at 224 and at the timing recipe's crop size, for the per-image path and for
@@ -77,11 +77,9 @@ def resolve_device(name: str) -> torch.device:
 
 def load_recipe(name: str, overrides: list[str] | None = None):
     from mcl.config import load_config
-    from mcl.pretrain_config import PretrainConfig, validate
+    from mcl.methods.mcl import MCLConfig
 
-    cfg = load_config(PretrainConfig, name, list(overrides or []))
-    validate(cfg)
-    return cfg
+    return load_config(MCLConfig, name, list(overrides or []))
 
 
 def recipe_label(cfg, name: str) -> str:
@@ -186,7 +184,7 @@ def references_flops(opts: BenchOptions, log: Callable[[str], None]) -> dict:
 
 
 def spec_checks(paper: dict | None) -> dict:
-    """MCL-SPEC section 6's figures, from the paper-mode counts."""
+    """The figures of docs/method.md, "Compute modes", from the paper-mode counts."""
     from mcl.bench import flops as F
     from mcl.bench.report import part_flops
 
@@ -196,9 +194,10 @@ def spec_checks(paper: dict | None) -> dict:
         neck = part_flops(fa, "neck") / max(part_flops(ef, "neck"), 1)
         target = 1 - part_flops(ef, "target") / max(part_flops(fa, "target"), 1)
         checks["paper_neck_cut"] = {"value": neck, "text": f"paper mode: efficient cuts the online neck's FLOPs "
-                                                           f"{neck:.1f}x (spec: about 20x)"}
+                                                           f"{neck:.1f}x (docs/method.md: about 20x)"}
         checks["paper_target_cut"] = {"value": target, "text": f"paper mode: efficient cuts the target pass's "
-                                                               f"FLOPs by {100 * target:.0f}% (spec: more than two thirds)"}
+                                                               f"FLOPs by {100 * target:.0f}% "
+                                                               f"(docs/method.md: more than two thirds)"}
     return checks
 
 
@@ -281,7 +280,8 @@ def timing_section(opts: BenchOptions, device: torch.device, precision: str, cha
                                                                       "body floor+compile")
         ratios["body_floor_compile_over_faithful_compile"] = T.ratio(variants, "body floor+compile",
                                                                      "faithful+compile")
-    out = {"recipe": recipe, "overrides": overrides, "label": "tiny (tests only)" if opts.tiny else recipe_label(cfg, recipe),
+    out = {"recipe": recipe, "overrides": overrides,
+           "label": "tiny (tests only)" if opts.tiny else recipe_label(cfg, recipe),
            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"),
            "precision": precision, "channels_last": channels_last, "torch_threads": torch.get_num_threads(),
            "plan": sizes, "variants": variants, "ratios": {k: v for k, v in ratios.items() if v},

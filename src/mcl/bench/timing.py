@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-
 # ---------------------------------------------------------------------------------------------- devices
 
 def synchronize(device: torch.device) -> None:
@@ -135,8 +134,8 @@ def _channels_last(model: nn.Module, on: bool) -> nn.Module:
 def mcl_training(cfg, compute_mode: str, device: torch.device, channels_last: bool = False, seed: int = 0,
                  compile: bool = False, activation_checkpointing: bool = False):
     """``(model, optimizer, trainable params, clip norm)`` of an MCL training step for ``cfg`` with ``compute_mode``."""
+    from mcl.methods.mcl import build_model
     from mcl.optim import build_optimizer, scaled_lr
-    from mcl.train import build_model
 
     cfg = copy.deepcopy(cfg)
     cfg.model.compute_mode = compute_mode
@@ -145,7 +144,7 @@ def mcl_training(cfg, compute_mode: str, device: torch.device, channels_last: bo
     model = _channels_last(build_model(cfg).to(device), channels_last)
     model.train()
     if compile:
-        from mcl.speed import apply_speed_settings
+        from mcl.engine.speed import apply_speed_settings
         apply_speed_settings(model, False, True, device.type)
     o = cfg.optim
     trainable = nn.ModuleDict({"online": model.online, "predictors": model.predictors})
@@ -195,8 +194,8 @@ def body_floor_step(cfg, crops: Tensor, device: torch.device, precision: str = "
     the efficient / faithful step-time ratio from below. Montages are built once, before timing.
     ``compile``: both bodies ``torch.compile``'d, as ``trainer.compile`` does (the bound for ``+compile``).
     """
+    from mcl.methods.mcl import build_model
     from mcl.montage import build_pyramids
-    from mcl.train import build_model
 
     torch.manual_seed(seed)
     model = build_model(cfg)
@@ -257,12 +256,17 @@ def supervised_step(arch: str, batch_size: int, image_size: int, device: torch.d
 
 
 def moco_step(arch: str, batch_size: int, image_size: int, device: torch.device, precision: str = "fp32",
-              channels_last: bool = False, seed: int = 0, queue_size: int = 65536) -> Step:
-    """MoCo v2 (``mcl.models.moco``): query fwd+bwd, key fwd, queue logits, SGD, EMA; two views per image."""
+              channels_last: bool = False, seed: int = 0, queue_size: int | None = None) -> Step:
+    """MoCo v2 (``mcl.models.moco``, ``MoCoConfig``'s head): query fwd+bwd, key fwd, queue logits, SGD, EMA;
+    two views per image. ``queue_size`` None: the config's 65536."""
+    from mcl.methods.moco import MoCoConfig
     from mcl.models.moco import MoCo
 
+    cfg = MoCoConfig()
+    cfg.model.arch = arch
+    cfg.model.queue_size = queue_size or cfg.model.queue_size
     torch.manual_seed(seed)
-    model = _channels_last(MoCo(arch=arch, queue_size=queue_size).to(device), channels_last)
+    model = _channels_last(MoCo.from_config(cfg).to(device), channels_last)
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9,
                                 weight_decay=1e-4)
@@ -401,7 +405,7 @@ def time_interleaved(steps: list[Step], device: torch.device, warmup: int = 1, r
         for step in list(alive):
             guarded(step, record=True)
         done += 1
-    for name, res in results.items():
+    for res in results.values():
         times = res["times_s"]
         if times:
             res["median_s"] = statistics.median(times)

@@ -42,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shards.add_argument("--seed", type=int, default=0, help="order of the images across shards (default 0)")
     shards.add_argument("--keep-order", action="store_true", help="keep the source's order instead of shuffling")
     shards.add_argument("--labels", action="store_true",
-                        help="for mcl pretrain-supervised: --src is a folder with one subfolder per class or a COCO "
-                             "json; each sample gets a .cls member (its class index) and OUT/classes.json the names")
+                        help="for supervised montage pretraining (mcl pretrain --config supervised_cpu_smoke): "
+                             "--src is a folder with one subfolder per class or a COCO json; "
+                             "each sample gets a .cls member (its class index) and OUT/classes.json the names")
     index = sub.add_parser("index", help="count the samples of existing tar shards and write shards.json beside them",
                            description="Write FOLDER/shards.json (sample count and size of every shard) for "
                                        "shards in one folder, so that training processes need not read their "

@@ -47,8 +47,8 @@ def synthetic_data(cfg, run_dir: Path) -> dict[str, str]:
 
     Rank 0 writes; other processes (started by a cluster launcher at the same time) wait for the json.
     """
-    from mcl.commands.pretrain import is_rank_zero
     from mcl.data.synthetic import write_coco_scenes
+    from mcl.engine.fit import is_rank_zero
 
     d = cfg.data
     root = run_dir / "data"
@@ -80,12 +80,11 @@ def resume_checkpoint(run_dir: Path) -> Path:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     import lightning as L
 
-    from mcl.commands.pretrain import is_rank_zero
     from mcl.config import save_yaml, to_dict
+    from mcl.engine.fit import is_rank_zero
     from mcl.errors import UserError
     from mcl.transfer.coco_data import CocoDetection, make_loader
-    from mcl.transfer.detection import (DetectionFinetuneModule, expected_world_size, load_initial_weights,
-                                        make_trainer)
+    from mcl.transfer.detection import DetectionFinetuneModule, expected_world_size, load_initial_weights, make_trainer
     from mcl.transfer.evaluate import format_table
 
     say = print if is_rank_zero() else (lambda *a, **k: None)  # one copy of each line under DDP

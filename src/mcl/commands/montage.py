@@ -25,18 +25,22 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     import torch
 
     from mcl.commands.pretrain import resolve
-    from mcl.data.sources import collate_views
-    from mcl.errors import UserError
-    from mcl.montage import level_specs
     from mcl.data.device_views import CanvasCollate, crops_of
-    from mcl.train import build_dataset, build_device_views
+    from mcl.data.sources import collate_views
+    from mcl.engine.atomic import write_atomic
+    from mcl.errors import UserError
+    from mcl.methods.mcl import MCLConfig, build_dataset, build_device_views
+    from mcl.montage import level_specs
     from mcl.visualize import draw_pyramids
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {out} should end in .png")
-    cfg = resolve(argparse.Namespace(config=args.config, data=args.data, image_root=args.image_root, out=None),
-                  extra)
+    method, cfg = resolve(argparse.Namespace(config=args.config, data=args.data, image_root=args.image_root, out=None),
+                          extra)
+    if not isinstance(cfg, MCLConfig):
+        raise UserError(f"--config names method {cfg.method}: mcl montage draws MCL's 8-crop pyramids "
+                        f"(give an MCL recipe such as cpu_smoke)")
     specs = level_specs(cfg.montage.ratios, cfg.montage.repeats)
     for s in specs:
         s.num_montages(cfg.data.batch_size)
@@ -48,10 +52,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     batch = (CanvasCollate(views) if views else collate_views)([dataset[i] for i in range(cfg.data.batch_size)])
     picture = draw_pyramids(crops_of(batch, views), specs, cfg.montage.interpolation, args.images, args.per_level,
                             scale=max(1, 192 // cfg.data.crop_size), seed=args.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
-    picture.save(tmp)
-    tmp.replace(out)
+    write_atomic(out, lambda f: picture.save(f, format="PNG"))
     print(f"wrote {out} ({picture.width}x{picture.height}): {args.images} images x {2 * len(specs)} crops, "
           f"then both views' pyramids (levels with ratios {cfg.montage.ratios}, batch {cfg.data.batch_size})")
     return 0

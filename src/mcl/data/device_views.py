@@ -50,6 +50,9 @@ from mcl.data import device_ops as ops
 from mcl.data.views import IMAGENET_MEAN, IMAGENET_STD, ViewParams, _as_uint8_rgb, blur_kernel_size
 
 RATIO = (3 / 4, 4 / 3)
+# Default view recipes (as MultiCropViews'); ViewParams is frozen, so sharing one instance is safe.
+_VIEW1_DEFAULT = ViewParams(blur_p=1.0, solarize_p=0.0)
+_VIEW2_DEFAULT = ViewParams(blur_p=0.1, solarize_p=0.2)
 
 
 @dataclass(frozen=True)
@@ -153,8 +156,8 @@ class DeviceMultiCropViews:
     """
 
     def __init__(self, crop_size: int = 224, scale: tuple[float, float] = (0.2, 1.0), crops_per_view: int = 4,
-                 view1: ViewParams = ViewParams(blur_p=1.0, solarize_p=0.0),
-                 view2: ViewParams = ViewParams(blur_p=0.1, solarize_p=0.2),
+                 view1: ViewParams = _VIEW1_DEFAULT,
+                 view2: ViewParams = _VIEW2_DEFAULT,
                  jitter: Jitter = Jitter(), flip_p: float = 0.5, gray_p: float = 0.2, random_order: bool = True,
                  sigma: tuple[float, float] = (0.1, 2.0)):
         if crop_size < 1 or crops_per_view < 1:

@@ -14,7 +14,14 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from mcl.data.views import IMAGENET_MEAN, IMAGENET_STD, RandomGaussianBlur, _as_uint8_rgb, blur_kernel_size, single_thread
+from mcl.data.views import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RandomGaussianBlur,
+    _as_uint8_rgb,
+    blur_kernel_size,
+    single_thread,
+)
 
 
 def moco_v2_recipe(crop_size: int, scale: tuple[float, float] = (0.2, 1.0)) -> v2.Compose:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mcl.data.sources import IMAGE_EXTENSIONS, SourceError
+from mcl.engine.atomic import write_text_atomic
 
 INDEX_NAME = "shards.json"
 CLASSES_NAME = "classes.json"   # class names of labeled shards, beside them (supervised pretraining)
@@ -108,9 +109,13 @@ def read_class_names(shards: ShardList) -> list[str] | None:
     try:
         names = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SourceError(f"{path}: unreadable class list ({exc}); rewrite the shards with mcl data shards --labels") from None
+        raise SourceError(
+            f"{path}: unreadable class list ({exc}); rewrite the shards with mcl data shards --labels"
+        ) from None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise SourceError(f"{path}: should be a JSON list of class names; rewrite the shards with mcl data shards --labels")
+        raise SourceError(
+            f"{path}: should be a JSON list of class names; rewrite the shards with mcl data shards --labels"
+        )
     return names
 
 
@@ -202,14 +207,18 @@ def is_shard_source(source) -> bool:
 
 
 def list_shards(source) -> ShardList:
-    """The shards of ``source`` with their sample counts; :class:`SourceError` if any is missing or none hold a sample."""
+    """The shards of ``source`` with their sample counts.
+
+    :class:`SourceError` if any is missing or none hold a sample.
+    """
     text = str(source)
     if is_pattern(text):
         paths = [Path(p).expanduser() for p in expand_braces(text)]
     else:
         path = Path(text).expanduser()
         if not path.exists():
-            raise SourceError(f"{path}: no such file or folder; give a shard pattern like data/train-{{000000..000099}}.tar, "
+            raise SourceError(f"{path}: no such file or folder; give a shard pattern like "
+                              "data/train-{000000..000099}.tar, "
                               "a folder of .tar shards, a shards.json index or a .txt list of shards")
         if path.is_dir() and (path / INDEX_NAME).is_file():
             return _finish(text, read_index(path / INDEX_NAME))
@@ -239,7 +248,8 @@ def _finish(source: str, shards: list[Shard]) -> ShardList:
         raise SourceError(f"{source}: lists no shards; point data.source at a non-empty set of shards")
     out = ShardList(source, tuple(shards))
     if out.total == 0:
-        raise SourceError(f"{source}: {len(shards)} shards but no image in them (extensions {', '.join(sorted(IMAGE_EXTS))}); "
+        raise SourceError(f"{source}: {len(shards)} shards but no image in them "
+                          f"(extensions {', '.join(sorted(IMAGE_EXTS))}); "
                           "check how they were written")
     return out
 
@@ -320,7 +330,5 @@ def write_index(index: Path, shards: list[Shard]) -> Path:
             rel = os.path.abspath(s.path)
         entries.append({"path": Path(rel).as_posix(), "samples": s.samples, "bytes": Path(s.path).stat().st_size})
     data = {"format": INDEX_FORMAT, "version": 1, "total": sum(s.samples for s in shards), "shards": entries}
-    tmp = index.with_name(f".{index.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, index)
+    write_text_atomic(index, json.dumps(data, indent=1) + "\n")
     return index

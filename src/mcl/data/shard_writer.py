@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mcl.atomic import write_atomic
 from mcl.data.shard_index import CLASSES_NAME, INDEX_NAME, Shard, write_index
 from mcl.data.sources import SourceError, UnreadableImage, decode_rgb
+from mcl.engine.atomic import AtomicFile, write_text_atomic
 from mcl.errors import UserError
 
 JPEG_QUALITY = 90
@@ -96,7 +95,7 @@ def write_shards(paths: list[Path], out, shard_size: int, max_side: int | None =
         raise SourceError(f"none of the {len(paths)} images could be read; nothing was written to {out}")
     if class_names is not None:
         names = json.dumps(list(class_names), indent=1) + "\n"
-        write_atomic(out / CLASSES_NAME, lambda f: f.write(names.encode()))
+        write_text_atomic(out / CLASSES_NAME, names)
     return WriteResult(writer.shards, write_index(out / INDEX_NAME, writer.shards), skipped)
 
 
@@ -108,13 +107,13 @@ class _ShardWriter:
         self.shards: list[Shard] = []
         self.count = 0
         self._tar: tarfile.TarFile | None = None
-        self._tmp: Path | None = None
+        self._file: AtomicFile | None = None
         self._in_shard = 0
 
     def add(self, data: bytes, ext: str, label: int | None = None) -> None:
         if self._tar is None:
-            self._tmp = self.out / f".shard-{len(self.shards):06d}.tar.tmp"
-            self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)
+            self._file = AtomicFile(self.out / f"shard-{len(self.shards):06d}.tar")
+            self._tar = tarfile.open(fileobj=self._file.file, mode="w", format=tarfile.PAX_FORMAT)
         self._member(f"{self.count:09d}.{ext}", data)
         if label is not None:
             self._member(f"{self.count:09d}.cls", str(label).encode())
@@ -133,14 +132,13 @@ class _ShardWriter:
         if self._tar is None:
             return
         self._tar.close()
-        final = self.out / f"shard-{len(self.shards):06d}.tar"
-        os.replace(self._tmp, final)
+        final = self._file.commit()
         self.shards.append(Shard(final, self._in_shard))
-        self._tar, self._tmp, self._in_shard = None, None, 0
+        self._tar, self._file, self._in_shard = None, None, 0
 
     def discard(self) -> None:
         """Remove an unfinished temporary shard (after an error)."""
         if self._tar is not None:
             self._tar.close()
-            self._tmp.unlink(missing_ok=True)
-            self._tar, self._tmp = None, None
+            self._file.discard()
+            self._tar, self._file = None, None

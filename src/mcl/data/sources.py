@@ -138,7 +138,8 @@ def _list_coco_json(path: Path, root: Path) -> list[Path]:
             raise SourceError(f"{path}: images[{i}].id is not a number or string; fix that entry") from None
         if image_id in seen_ids:
             raise SourceError(
-                f"{path}: image id {image_id!r} appears twice (images[{seen_ids[image_id]}] and images[{i}]); ids must be unique"
+                f"{path}: image id {image_id!r} appears twice (images[{seen_ids[image_id]}] and images[{i}]); "
+                "ids must be unique"
             )
         seen_ids[image_id] = i
         out.append(_inside_root(path, i, name, root_abs))
@@ -327,7 +328,8 @@ class ImageDataset(torch.utils.data.Dataset):
                 continue
             return {"crops": self.transform(image), "index": j, "skipped": skipped}
         raise SourceError(
-            f"no readable image in {self.source_name} ({n} files, all failed to decode); check the files or the source path"
+            f"no readable image in {self.source_name} ({n} files, all failed to decode); "
+            "check the files or the source path"
         )
 
 

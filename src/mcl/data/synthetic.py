@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from mcl.atomic import write_atomic
 from mcl.data.sources import SourceError
+from mcl.engine.atomic import write_atomic, write_text_atomic
 
 CATEGORIES: list[dict] = [
     {"id": i + 1, "name": name, "supercategory": "shape"}
@@ -258,7 +258,8 @@ def _annotations(kept: list, label: np.ndarray, size: int) -> list[dict]:
         vis = label[y0:y1, x0:x1] == k + 1
         masks[y0:y1, x0:x1, k] = vis
         rows, cols = np.flatnonzero(vis.any(axis=1)), np.flatnonzero(vis.any(axis=0))
-        boxes.append([float(x0 + cols[0]), float(y0 + rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)])
+        boxes.append([float(x0 + cols[0]), float(y0 + rows[0]),
+                      float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)])
         areas.append(int(vis.sum()))
     rles = mask_utils.encode(masks)
     out = []
@@ -324,16 +325,12 @@ def write_coco_scenes(out_dir, num: int, seed: int, size: int = 256, split_name:
         "categories": CATEGORIES,
     }
     json_path = out_dir / ("annotations.json" if split_name == "images" else f"{split_name}.json")
-    _atomic_write_text(json_path, json.dumps(coco))
+    write_text_atomic(json_path, json.dumps(coco))
     return json_path
 
 
 def _atomic_png(image: Image.Image, path: Path) -> None:
     write_atomic(path, lambda f: image.save(f, format="PNG", compress_level=1))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 class SyntheticScenes(torch.utils.data.Dataset):

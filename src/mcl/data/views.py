@@ -1,4 +1,4 @@
-"""MCL views (spec section 1): 2 x k independently augmented crops of one image.
+"""MCL views (docs/method.md, "Views"): 2 x k independently augmented crops of one image.
 
 Per crop, in uint8 until the final normalise:
 RandomResizedCrop(S, scale) -> hflip p=0.5 -> ColorJitter(0.4, 0.4, 0.2, 0.1) p=0.8 ->

@@ -20,8 +20,6 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 
-from mcl.errors import UserError
-
 RESNET_CHANNELS = {
     "resnet18": (64, 128, 256, 512),
     "resnet34": (64, 128, 256, 512),
@@ -34,14 +32,14 @@ FPN_STRIDES = (4, 8, 16, 32)  # P2..P5
 def make_resnet(arch: str) -> nn.Module:
     """A randomly initialised torchvision ResNet with plain BatchNorm (never downloads weights)."""
     if arch not in RESNET_CHANNELS:
-        raise UserError(f"model.arch {arch!r} is not supported (choose one of {', '.join(RESNET_CHANNELS)})")
+        raise ValueError(f"ResNet {arch!r} is not supported (choose one of {', '.join(RESNET_CHANNELS)})")
     return getattr(torchvision.models, arch)(weights=None)
 
 
 class ResNetFPN(nn.Module):
     """``body`` (C2..C5) + ``fpn`` (P2..P5, BN), computing only the requested FPN levels."""
 
-    def __init__(self, arch: str = "resnet50", out_channels: int = 256, activation_checkpointing: bool = False):
+    def __init__(self, arch: str, out_channels: int, activation_checkpointing: bool = False):
         super().__init__()
         self.activation_checkpointing = activation_checkpointing
         resnet = make_resnet(arch)

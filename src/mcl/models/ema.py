@@ -1,4 +1,4 @@
-"""The momentum (EMA) target encoder's schedule and update (MCL-SPEC section 3).
+"""The momentum (EMA) target encoder's schedule and update (docs/method.md, "The network").
 
     m_k = 1 - (1 - m_0) * (cos(pi * k / K) + 1) / 2        (m_0 = 0.99 -> 1.0 at k = K)
     theta_target <- m_k * theta_target + (1 - m_k) * theta_online       (parameters only)
@@ -26,7 +26,7 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.99) -> float:
 def ema_update(target: nn.Module, online: nn.Module, momentum: float, ok: torch.Tensor | None = None) -> None:
     """``target <- m * target + (1 - m) * online`` over matching parameters, in place, one fused call.
 
-    ``ok`` (0-d bool on the device, from ``mcl.nonfinite``): update only where it is True, decided on the
+    ``ok`` (0-d bool on the device, from ``mcl.engine.nonfinite``): update only where it is True, decided on the
     device with no host sync; None: always.
     """
     t_params = [p for p in target.parameters()]

@@ -2,14 +2,14 @@
 
 ``MCL.forward(crops)`` is the whole pretext task for one step on one process: it builds both
 views' montage pyramids, runs the encoders and returns the multi-level loss and per-level figures.
-It can be used in any training loop; the Lightning module in ``mcl.train`` only adds the optimiser,
+It can be used in any training loop; the Lightning module in ``mcl.methods.mcl`` only adds the optimiser,
 the schedules and the EMA update.
 
 Geometry. Level ``i`` (ratio ``r_i``) is read from the FPN level whose map of an ``S x S`` montage
 has exactly ``r_i`` cells of size ``c`` per side: stride ``S / (c * r_i)`` must be one of 4, 8, 16,
 32 (P2..P5). Paper mode: ``S = 224, c = 7``: ratios 1, 2, 4, 8 read P5, P4, P3, P2.
 
-Compute modes (MCL-SPEC section 6):
+Compute modes (docs/method.md, "Compute modes"):
 - ``faithful``: as released. Online: full FPN and the neck on all four FPN levels for all montages
   of a view (one neck call per FPN level); the loss keeps level ``i``'s montages at its FPN level.
   Target: the same full computation on all montages; only level 0 at P5 is kept.
@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mcl.errors import UserError
 from mcl.losses import LevelStats, multi_level_loss, positive_assignment
 from mcl.models.backbone import FPN_STRIDES, ResNetFPN
 from mcl.models.ema import ema_update
@@ -42,11 +41,10 @@ def fpn_level_for(crop_size: int, cell_size: int, ratio: int) -> int:
     """FPN index (0 = P2 .. 3 = P5) whose map of a ``crop_size`` montage has ``ratio`` cells per side."""
     map_size = cell_size * ratio
     if crop_size % map_size or (crop_size // map_size) not in FPN_STRIDES:
-        usable = sorted({crop_size // s for s in FPN_STRIDES if crop_size % s == 0 and (crop_size // s) % ratio == 0})
-        raise UserError(
-            f"inconsistent geometry: a {crop_size}px montage with ratio {ratio} and model.cell_size {cell_size} "
-            f"needs an FPN stride of {crop_size}/{map_size}, but strides are 4, 8, 16, 32 "
-            f"(keep data.crop_size = 32 x model.cell_size x 1, e.g. 224 with cell 7; map sizes here: {usable})"
+        raise ValueError(
+            f"a {crop_size}px montage with ratio {ratio} and {cell_size}px cells needs an FPN stride of "
+            f"{crop_size}/{map_size}, but the strides are 4, 8, 16, 32 (a crop of 32 x the cell size fits every "
+            f"ratio 1, 2, 4, 8, e.g. 224 with cell 7)"
         )
     return FPN_STRIDES.index(crop_size // map_size)
 
@@ -60,6 +58,27 @@ class Encoder(nn.Module):
         self.backbone = ResNetFPN(arch, fpn_channels)
         self.neck = CellNeck(fpn_channels, neck_convs, neck_hidden, embed_dim, cell_size)
 
+    @classmethod
+    def from_config(cls, model) -> "Encoder":
+        """From a config's ``model`` section (``mcl.sections.EncoderConfig`` fields)."""
+        return cls(model.arch, model.fpn_channels, model.neck_convs, model.neck_hidden, model.embed_dim,
+                   model.cell_size)
+
+    def level_cells(self, montages: list[Tensor], fpn_levels: list[int]) -> list[Tensor]:
+        """Cell embeddings ``[(M_i * r_i**2, D)]`` of one view's montages ``[(M_i, 3, S, S)]``, level ``i`` read at
+        FPN level ``fpn_levels[i]``, computing only what that needs ("efficient" mode): the backbone and the FPN
+        laterals / top-down on all the montages given, the FPN 3x3 output conv and the neck of level ``i``'s FPN
+        map on level ``i``'s montages only."""
+        sizes = [m.shape[0] for m in montages]
+        feats = self.backbone.features(torch.cat(montages))
+        inner = self.backbone.top_down(feats, min(fpn_levels))
+        out, start = [], 0
+        for size, k in zip(sizes, fpn_levels):
+            emb = self.neck(self.backbone.output(inner[k][start:start + size], k))
+            out.append(emb.reshape(-1, emb.shape[-1]))
+            start += size
+        return out
+
 
 @dataclass
 class StepOutput:
@@ -70,29 +89,32 @@ class StepOutput:
 
 
 class MCL(nn.Module):
-    """Online encoder + per-level predictors + EMA target encoder, and the pretext task's forward."""
+    """Online encoder + per-level predictors + EMA target encoder, and the pretext task's forward.
 
-    def __init__(self, arch: str = "resnet50", crop_size: int = 224, cell_size: int = 7,
-                 ratios: list[int] = (1, 2, 4, 8), repeats: list[int] = (1, 1, 1, 2),
-                 fpn_channels: int = 256, neck_convs: int = 4, neck_hidden: int = 2048, embed_dim: int = 256,
-                 predictor_hidden: int = 2048, level_weights: list[float] = (0.5, 0.25, 0.125, 0.125),
-                 temperature: float = 1.0, compute_mode: str = "efficient", interpolation: str = "nearest",
-                 positives: str = "top", activation_checkpointing: bool = False):
+    Built from a config (:meth:`from_config`, whose dataclasses hold the paper-mode defaults); the keyword
+    arguments have no defaults of their own. Refuses (``ValueError``, with the facts) a geometry that cannot
+    work; ``mcl.methods.mcl.MCLConfig``'s checks name the config key first.
+    """
+
+    def __init__(self, *, arch: str, crop_size: int, cell_size: int, ratios: list[int], repeats: list[int],
+                 fpn_channels: int, neck_convs: int, neck_hidden: int, embed_dim: int, predictor_hidden: int,
+                 level_weights: list[float], temperature: float, compute_mode: str, interpolation: str,
+                 positives: str, activation_checkpointing: bool):
         super().__init__()
         if compute_mode not in COMPUTE_MODES:
-            raise UserError(f"model.compute_mode {compute_mode!r} is not one of {', '.join(COMPUTE_MODES)}")
+            raise ValueError(f"compute mode {compute_mode!r} is not one of {', '.join(COMPUTE_MODES)}")
         self.specs: list[LevelSpec] = level_specs(list(ratios), list(repeats))
         if len(level_weights) != len(self.specs):
-            raise UserError(f"loss.level_weights {list(level_weights)} must have one weight per level "
-                            f"({len(self.specs)} levels from montage.ratios {list(ratios)})")
+            raise ValueError(f"level weights {list(level_weights)} must have one weight per level "
+                             f"({len(self.specs)} levels from ratios {list(ratios)})")
         if self.specs[0].ratio != 1 or self.specs[0].repeats != 1:
-            raise UserError("montage level 0 must be the plain crops (ratio 1, repeats 1): it supplies the targets")
+            raise ValueError("level 0 must be the plain crops (ratio 1, repeats 1): it supplies the targets")
         if temperature <= 0:
-            raise UserError(f"loss.temperature must be > 0, got {temperature}")
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.fpn_levels = [fpn_level_for(crop_size, cell_size, s.ratio) for s in self.specs]
         if self.fpn_levels[0] != 3:
-            raise UserError(f"level 0 must read P5: data.crop_size {crop_size} must equal 32 x model.cell_size "
-                            f"{cell_size} = {32 * cell_size}")
+            raise ValueError(f"level 0 must read P5: the crop size {crop_size} must equal 32 x the cell size "
+                             f"{cell_size} = {32 * cell_size}")
         self.assignment = positive_assignment(positives, len(self.specs))
         self.crop_size = crop_size
         self.compute_mode = compute_mode
@@ -105,6 +127,17 @@ class MCL(nn.Module):
         self.target = copy.deepcopy(self.online)
         for p in self.target.parameters():
             p.requires_grad_(False)
+
+    @classmethod
+    def from_config(cls, cfg) -> "MCL":
+        """The model of an ``mcl.methods.mcl.MCLConfig`` (its ``data``, ``montage``, ``model`` and ``loss``)."""
+        m, loss = cfg.model, cfg.loss
+        return cls(arch=m.arch, crop_size=cfg.data.crop_size, cell_size=m.cell_size, ratios=cfg.montage.ratios,
+                   repeats=cfg.montage.repeats, fpn_channels=m.fpn_channels, neck_convs=m.neck_convs,
+                   neck_hidden=m.neck_hidden, embed_dim=m.embed_dim, predictor_hidden=m.predictor_hidden,
+                   level_weights=loss.level_weights, temperature=loss.temperature, compute_mode=m.compute_mode,
+                   interpolation=cfg.montage.interpolation, positives=loss.positives,
+                   activation_checkpointing=m.activation_checkpointing)
 
     # ----- encoders -------------------------------------------------------------------------------
     def _level_cells(self, enc: Encoder, montages: list[Tensor], wanted: list[int]) -> dict[int, Tensor]:
@@ -125,15 +158,8 @@ class MCL(nn.Module):
                 out[i] = emb.reshape(-1, emb.shape[-1])
             return out
         used = sorted(wanted)
-        feats = enc.backbone.features(torch.cat([montages[i] for i in used]))
-        inner = enc.backbone.top_down(feats, min(self.fpn_levels[i] for i in used))
-        start = 0
-        for i in used:
-            k = self.fpn_levels[i]
-            emb = enc.neck(enc.backbone.output(inner[k][start:start + sizes[i]], k))
-            out[i] = emb.reshape(-1, emb.shape[-1])
-            start += sizes[i]
-        return out
+        cells = enc.level_cells([montages[i] for i in used], [self.fpn_levels[i] for i in used])
+        return dict(zip(used, cells))
 
     @torch.no_grad()
     def _target_embeddings(self, montages: list[Tensor], labels: list[Tensor], wanted: list[int]) -> dict[int, Tensor]:

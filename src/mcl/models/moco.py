@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 
-from mcl.errors import UserError
-from mcl.losses import gather_targets
+from mcl.losses import MoCoStats, gather_targets, moco_loss
 from mcl.models.backbone import RESNET_CHANNELS, make_resnet
 from mcl.models.ema import ema_update
 
@@ -40,7 +39,7 @@ class ResNetBody(nn.Module):
     ``(N, 3, S, S) -> (N, C5)`` with ``C5`` = 512 (ResNet-18/34) or 2048 (ResNet-50/101).
     """
 
-    def __init__(self, arch: str = "resnet50"):
+    def __init__(self, arch: str):
         super().__init__()
         self.body = IntermediateLayerGetter(make_resnet(arch), {"layer4": "c5"})
         self.out_channels = RESNET_CHANNELS[arch][-1]
@@ -52,7 +51,7 @@ class ResNetBody(nn.Module):
 class MoCoEncoder(nn.Module):
     """``backbone`` (pooled ResNet) + ``head`` (MoCo v2 MLP: Linear C5->H, ReLU, Linear H->D): ``(N, D)``."""
 
-    def __init__(self, arch: str = "resnet50", hidden: int = 2048, dim: int = 128):
+    def __init__(self, arch: str, hidden: int, dim: int):
         super().__init__()
         self.backbone = ResNetBody(arch)
         self.head = nn.Sequential(nn.Linear(self.backbone.out_channels, hidden), nn.ReLU(inplace=True),
@@ -63,36 +62,6 @@ class MoCoEncoder(nn.Module):
 
 
 # ---------------------------------------------------------------- pure functions
-
-def queue_logits(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
-    """``[q.k, q @ queue^T] / T``: ``q, k (B, D)`` and ``queue (K, D)``, all L2-normalised -> ``(B, 1 + K)``.
-
-    Column 0 holds each query's positive; the label of every row is therefore 0.
-    """
-    positive = (q * k).sum(dim=1, keepdim=True)
-    negative = q @ queue.t()
-    return torch.cat([positive, negative], dim=1) / temperature
-
-
-@dataclass
-class MoCoStats:
-    """Detached 0-d figures of one step: mean positive / negative cosine, top-1 accuracy of the positive."""
-
-    pos_cosine: Tensor
-    neg_cosine: Tensor
-    accuracy: Tensor
-
-
-def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> tuple[Tensor, MoCoStats]:
-    """InfoNCE with a queue of negatives: ``CE(queue_logits(q, k, queue, T), 0)`` (mean over the batch)."""
-    logits = queue_logits(q.float(), k.float(), queue.float(), temperature)
-    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    loss = F.cross_entropy(logits, labels)
-    with torch.no_grad():
-        cos = logits * temperature
-        stats = MoCoStats(cos[:, 0].mean(), cos[:, 1:].mean(), (logits.argmax(dim=1) == 0).float().mean())
-    return loss, stats
-
 
 @torch.no_grad()
 def enqueue(queue: Tensor, ptr: int, keys: Tensor) -> int:
@@ -125,13 +94,12 @@ class MoCoOutput:
 class MoCo(nn.Module):
     """Online encoder, momentum (target) encoder and the key queue; ``forward`` is one MoCo v2 step."""
 
-    def __init__(self, arch: str = "resnet50", head_hidden: int = 2048, embed_dim: int = 128,
-                 queue_size: int = 65536, temperature: float = 0.2):
+    def __init__(self, *, arch: str, head_hidden: int, embed_dim: int, queue_size: int, temperature: float):
         super().__init__()
         if temperature <= 0:
-            raise UserError(f"model.temperature must be > 0, got {temperature}")
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         if queue_size < 1:
-            raise UserError(f"model.queue_size must be >= 1, got {queue_size}")
+            raise ValueError(f"queue size must be >= 1, got {queue_size}")
         self.temperature = float(temperature)
         self.online = MoCoEncoder(arch, head_hidden, embed_dim)
         self.target = copy.deepcopy(self.online)
@@ -141,18 +109,24 @@ class MoCo(nn.Module):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._host_ptr: int | None = None    # queue_ptr's value on the host (no device read per step)
 
+    @classmethod
+    def from_config(cls, cfg) -> "MoCo":
+        """The model of an ``mcl.methods.moco.MoCoConfig`` (its ``model`` section)."""
+        m = cfg.model
+        return cls(arch=m.arch, head_hidden=m.head_hidden, embed_dim=m.embed_dim, queue_size=m.queue_size,
+                   temperature=m.temperature)
+
     def check_queue(self, keys_per_step: int) -> None:
-        """Refuse a queue that the global batch does not divide (one line naming the keys to change)."""
+        """Refuse a queue that ``keys_per_step`` (the global batch) does not divide, naming one that it does."""
         size = self.queue.shape[0]
         if keys_per_step < 1 or size % keys_per_step:
-            raise UserError(f"model.queue_size {size} is not a multiple of the global batch {keys_per_step} "
-                            f"(data.batch_size x processes): choose a queue size such as "
-                            f"{max(size // max(keys_per_step, 1), 1) * keys_per_step}")
+            raise ValueError(f"queue size {size} is not a multiple of the {keys_per_step} keys per step "
+                             f"(the global batch); {max(size // max(keys_per_step, 1), 1) * keys_per_step} is")
 
     def forward(self, crops: Tensor, gather: bool = True) -> MoCoOutput:
         """``crops (B, 2, 3, S, S)`` -> loss of view 0 as queries against view 1's keys; then enqueue the keys."""
         if crops.dim() != 5 or crops.shape[1] != 2:
-            raise UserError(f"MoCo expects crops of shape (B, 2, 3, S, S), got {tuple(crops.shape)}")
+            raise ValueError(f"MoCo expects crops of shape (B, 2, 3, S, S), got {tuple(crops.shape)}")
         q = F.normalize(self.online(crops[:, 0]).float(), dim=1)
         with torch.no_grad():
             k = F.normalize(self.target(crops[:, 1]).float(), dim=1)

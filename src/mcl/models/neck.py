@@ -1,4 +1,4 @@
-"""The cell neck shared by all levels (MCL-SPEC section 3).
+"""The cell neck shared by all levels (docs/method.md, "The network").
 
 A level's FPN map ``(N, C, g*c, g*c)`` is split into ``g x g`` non-overlapping ``c x c`` cells
 (``c = 7`` in paper mode), raster order (row-major, matching the montage's cell order). Each cell
@@ -37,10 +37,9 @@ def mlp(in_dim: int, hidden: int, out_dim: int, last_bn: bool, last_bn_affine: b
 class CellNeck(nn.Module):
     """Per-cell 4-conv tower + average pool + MLP: ``(N, C, g*c, g*c) -> (N, g*g, D)``."""
 
-    def __init__(self, channels: int = 256, num_convs: int = 4, hidden: int = 2048, out_dim: int = 256,
-                 cell_size: int = 7):
+    def __init__(self, channels: int, num_convs: int, hidden: int, out_dim: int, cell_size: int):
         super().__init__()
-        self.cell_size = cell_size
+        self.cell_size, self.out_dim = cell_size, out_dim
         self.convs = nn.Sequential(*[
             Conv2dNormActivation(channels, channels, kernel_size=3, norm_layer=nn.BatchNorm2d)
             for _ in range(num_convs)
@@ -65,13 +64,13 @@ class CellNeck(nn.Module):
         n = x.shape[0]
         cells = split_cells(x, self.cell_size)
         pooled = self.pool(self.convs(cells)).flatten(1)
-        return self.mlp(pooled).view(n, -1, self.mlp[-2].out_features)
+        return self.mlp(pooled).view(n, -1, self.out_dim)
 
 
 class Predictor(nn.Module):
     """``Linear D->H, BN, ReLU, Linear H->D``, initialised normal(std=0.01) as released."""
 
-    def __init__(self, dim: int = 256, hidden: int = 2048):
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.net = mlp(dim, hidden, dim, last_bn=False)
         for m in self.net.modules():

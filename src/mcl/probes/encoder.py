@@ -26,8 +26,14 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from mcl.errors import UserError
-from mcl.transfer.detection import (IMAGENET_MEAN, IMAGENET_STD, build_detector, load_initial_weights,
-                                    read_init_state_dict, resnet_name)
+from mcl.transfer.detection import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_detector,
+    load_initial_weights,
+    read_init_state_dict,
+    resnet_name,
+)
 
 HEAD_CONVS = 4
 DENSE_SETS = ("fpn", "c5")

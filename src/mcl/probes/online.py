@@ -54,7 +54,7 @@ class OnlineProbe(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         """A run resumed at a probe step probes it again (same weights, same figures): resuming drops the CSV
-        rows from the first step it logs on (``mcl.csvlog``), and that includes the probe row of this step."""
+        rows from the first step it logs on (``mcl.engine.csvlog``), and that includes the probe row of this step."""
         if trainer.global_step > 0 and trainer.global_step % self.cfg.every_steps == 0:
             self._probe(trainer, pl_module)
         self.last_step = trainer.global_step

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mcl.atomic import write_atomic
+from mcl.engine.atomic import write_atomic
 from mcl.probes.data import ProbeSet
 from mcl.probes.encoder import DENSE_SETS, ROI_SETS, FrozenEncoder
 from mcl.probes.retrieval import roi_retrieval

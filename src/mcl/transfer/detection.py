@@ -1,6 +1,6 @@
 """Mask R-CNN in torchvision's v2 layout, its initialisation from pretrained weights, and its fine-tuning.
 
-The layout is ``maskrcnn_resnet50_fpn_v2``'s (MCL-SPEC section 7): ResNet body with trainable BN,
+The layout is ``maskrcnn_resnet50_fpn_v2``'s (docs/method.md, "Transfer"): ResNet body with trainable BN,
 FPN with BN, RPN head with 2 convs, 4conv1fc box head with BN (``roi_heads.box_head.0-3`` convs,
 ``.5`` fc), mask head with BN. Other depths build the same modules, so state-dict keys differ only
 inside ``backbone.body``. Without masks it is the matching Faster R-CNN (no ``roi_heads.mask_*``).
@@ -17,17 +17,16 @@ import lightning as L
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.detection import (FasterRCNN, MaskRCNN, fasterrcnn_resnet50_fpn_v2,
-                                          maskrcnn_resnet50_fpn_v2)
+from torchvision.models.detection import FasterRCNN, MaskRCNN, fasterrcnn_resnet50_fpn_v2, maskrcnn_resnet50_fpn_v2
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, RPNHead, _default_anchorgen
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from mcl.checkpoints import AtomicCheckpointIO, atomic_torch_save
 from mcl.config import from_dict
+from mcl.engine.checkpoints import AtomicCheckpointIO, atomic_torch_save
 from mcl.errors import UserError
 from mcl.models.backbone import make_resnet
 from mcl.transfer.evaluate import coco_evaluate, format_table, predictions_to_coco, write_results
@@ -470,7 +469,7 @@ def make_trainer(t: TrainerConfig, run_dir: Path, max_steps: int = -1, val_every
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from mcl.train import resolve_precision
+    from mcl.engine.trainer import resolve_precision
 
     callbacks, loggers = [], False
     if fit:

@@ -64,7 +64,7 @@ def detectron2_config(arch: str, fpn_channels: int, weights: str) -> str:
     """The detectron2 YAML that builds the model the exported names belong to (merge over Base-RCNN-FPN)."""
     res2 = 64 if DEPTHS[arch] < 50 else 256
     return f"""\
-# detectron2 settings for weights exported by `mcl export` (MCL-SPEC section 7).
+# detectron2 settings for weights exported by `mcl export` (docs/method.md, "Transfer").
 # Merge over a Mask R-CNN FPN config, e.g. detectron2's COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml.
 # The weights expect RGB input scaled like torchvision's (ImageNet mean/std, here in 0-255 units).
 # On a single GPU use "BN" instead of "SyncBN".

@@ -20,6 +20,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mcl.engine.atomic import write_text_atomic
 from mcl.errors import UserError
 from mcl.transfer.coco_data import load_coco_json
 
@@ -124,8 +125,8 @@ def write_results(out_dir: str | Path, results: dict, predictions: list[dict], *
     files = {}
     for iou_type in (t for t in results if t in _RESULT_KEY):
         name = f"predictions_{iou_type}.json"
-        (out_dir / name).write_text(json.dumps(_for_type(predictions, iou_type)))
+        write_text_atomic(out_dir / name, json.dumps(_for_type(predictions, iou_type)))
         files[iou_type] = name
     path = out_dir / "results.json"
-    path.write_text(json.dumps({**results, "prediction_files": files, **extra}, indent=2))
+    write_text_atomic(path, json.dumps({**results, "prediction_files": files, **extra}, indent=2))
     return path

@@ -1,7 +1,7 @@
 """Export an ``mcl pretrain`` checkpoint to torchvision Mask R-CNN, torchvision ResNet or detectron2 weights.
 
 The pretraining model is built from the detector's own modules (DESIGN decision 1), so an export is
-a renaming of prefixes (MCL-SPEC section 7):
+a renaming of prefixes (docs/method.md, "Transfer"):
 
 - ``model.{encoder}.backbone.body.*``  -> ``backbone.body.*``          (part "backbone")
 - ``model.{encoder}.backbone.fpn.*``   -> ``backbone.fpn.*``           (part "fpn")
@@ -35,7 +35,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from mcl.atomic import write_atomic
+from mcl.engine.atomic import write_atomic
 from mcl.errors import UserError
 from mcl.transfer.detectron2_names import detectron2_config, to_detectron2
 
@@ -276,7 +276,8 @@ def verify_torchvision(state: dict[str, Tensor], arch: str, fmt: str, head_convs
     else:
         model = torchvision_detector(arch, num_classes=2, fpn_channels=fpn_channels)
         name = f"torchvision Mask R-CNN v2 ({arch}, FPN {fpn_channels})"
-        covered = ("backbone.body.",) + (("backbone.fpn.",) if has_fpn else ()) + tuple(f"roi_heads.box_head.{k}." for k in range(head_convs))
+        covered = (("backbone.body.",) + (("backbone.fpn.",) if has_fpn else ())
+                   + tuple(f"roi_heads.box_head.{k}." for k in range(head_convs)))
     own = model.state_dict()
     fresh = {k for k in own if (k.startswith("fc.") if covered is None else not k.startswith(covered))}
     if set(state) != set(own) - fresh:

@@ -1,6 +1,6 @@
 """The fine-tuning recipe: typed sections loaded with ``mcl.config.load_config(FinetuneConfig, ...)``.
 
-The paper's transfer (MCL-SPEC section 7) is Mask R-CNN R50-FPN, 1x = 90k iterations at a global
+The paper's transfer (docs/method.md, "Transfer") is Mask R-CNN R50-FPN, 1x = 90k iterations at a global
 batch of 16, lr 0.02, lr x0.1 at 2/3 and 8/9 of training, train short side 640-800, test 800.
 Every number here is stated at ``schedule.reference_batch`` images per step; ``resolve_schedule``
 turns it into the run's numbers for the real global batch B (linear scaling rule):
@@ -14,6 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+
+from mcl.config import Check
+from mcl.sections import Arch
+
+DATA_PATHS = ("train_json", "train_images", "val_json", "val_images")
 
 @dataclass
 class DataConfig:
@@ -33,14 +38,18 @@ class DataConfig:
     num_workers: int = 4
     flip_prob: float = 0.5
 
-    def __post_init__(self):
-        given = [k for k in ("train_json", "train_images", "val_json", "val_images") if getattr(self, k)]
-        if given and len(given) != 4:
-            missing = sorted({"train_json", "train_images", "val_json", "val_images"} - set(given))
-            raise ValueError(f"data: give all of train_json, train_images, val_json, val_images or none of them "
-                             f"(missing: {', '.join(missing)})")
-        if self.batch_size < 1:
-            raise ValueError(f"data.batch_size: {self.batch_size} should be at least 1")
+    def checks(self) -> list[Check]:
+        given = [k for k in DATA_PATHS if getattr(self, k)]
+        missing = [k for k in DATA_PATHS if k not in given]
+        return [
+            (not given or not missing, missing[0] if missing else "train_json",
+             f"is missing: give all of data.{', data.'.join(DATA_PATHS)} or none of them"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.num_workers >= 0, "num_workers", "must be >= 0"),
+            (0 <= self.flip_prob <= 1, "flip_prob", "must be in [0, 1]"),
+            (self.synthetic_train_num >= 1 and self.synthetic_val_num >= 1, "synthetic_train_num",
+             "and data.synthetic_val_num must be >= 1"),
+        ]
 
     @property
     def synthetic(self) -> bool:
@@ -51,7 +60,7 @@ class DataConfig:
 class ModelConfig:
     """Detector layout (torchvision ``maskrcnn_resnet50_fpn_v2``) and the proposal/ROI budgets."""
 
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    arch: Arch = "resnet50"
     init: str | None = None  # mcl checkpoint, exported/torchvision state dict, "torchvision", or null (random)
     init_parts: list[str] | None = None  # load only these of backbone.body, backbone.fpn, roi_heads.box_head
     # unit_variance: scale each loaded conv (before a BN) per channel so its pre-BN running variance is 1, as at
@@ -71,9 +80,13 @@ class ModelConfig:
     # for the frozen-backbone detection probe; null: nothing frozen (the paper: nothing frozen)
     freeze: list[str] | None = None
 
-    def __post_init__(self):
-        if self.fpn_channels < 1:
-            raise ValueError(f"model.fpn_channels: {self.fpn_channels} should be a positive width (paper: 256)")
+    def checks(self) -> list[Check]:
+        return [
+            (self.fpn_channels >= 1, "fpn_channels", "must be a positive width (paper: 256)"),
+            (0 <= self.box_score_thresh < 1, "box_score_thresh", "must be in [0, 1)"),
+            (self.anchor_sizes is None or len(self.anchor_sizes) == 5, "anchor_sizes",
+             "must give one size per FPN level P2..P6 (5), or null"),
+        ]
 
 
 @dataclass
@@ -84,9 +97,12 @@ class InputConfig:
     max_size: int = 1333
     test_min_size: int = 800
 
-    def __post_init__(self):
-        if not self.train_min_sizes or min(self.train_min_sizes) < 1:
-            raise ValueError(f"input.train_min_sizes: {self.train_min_sizes} should be a non-empty list of sizes")
+    def checks(self) -> list[Check]:
+        return [
+            (bool(self.train_min_sizes) and min(self.train_min_sizes) >= 1, "train_min_sizes",
+             "must be a non-empty list of sizes"),
+            (self.max_size >= 1 and self.test_min_size >= 1, "max_size", "and input.test_min_size must be >= 1"),
+        ]
 
 
 @dataclass
@@ -104,11 +120,15 @@ class ScheduleConfig:
     warmup_factor: float = 0.001
     steps: list[float] = field(default_factory=lambda: [2 / 3, 8 / 9])
 
-    def __post_init__(self):
-        if self.factor <= 0 or self.iterations_1x < 1:
-            raise ValueError("schedule.factor and schedule.iterations_1x should be positive")
-        if any(not 0 < s < 1 for s in self.steps) or list(self.steps) != sorted(self.steps):
-            raise ValueError(f"schedule.steps: {self.steps} should be increasing fractions in (0, 1)")
+    def checks(self) -> list[Check]:
+        return [
+            (self.factor > 0, "factor", "must be > 0"),
+            (self.iterations_1x >= 1, "iterations_1x", "must be >= 1"),
+            (self.reference_batch >= 1, "reference_batch", "must be >= 1"),
+            (self.base_lr > 0, "base_lr", "must be > 0"),
+            (all(0 < x < 1 for x in self.steps) and list(self.steps) == sorted(self.steps), "steps",
+             "must be increasing fractions in (0, 1)"),
+        ]
 
 
 @dataclass
@@ -130,6 +150,15 @@ class TrainerConfig:
     progress_bar: bool = True
     out: str = "runs/finetune"
     seed: int = 0
+
+    def checks(self) -> list[Check]:
+        return [
+            (self.accumulate_grad_batches >= 1, "accumulate_grad_batches", "must be >= 1"),
+            (self.checkpoint_every_steps >= 1, "checkpoint_every_steps", "must be >= 1"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1"),
+            (self.eval_every_steps >= 0, "eval_every_steps", "must be >= 0 (0: at the end)"),
+            (self.log_every_steps >= 1, "log_every_steps", "must be >= 1"),
+        ]
 
 
 @dataclass

@@ -5,11 +5,11 @@ import math
 
 import numpy as np
 import torch
+from conftest import write_photos
 from PIL import Image
 
-from conftest import write_photos
 from mcl.cli import main
-from mcl.train import MCLPretrainModule
+from mcl.methods.mcl import MCLPretrainModule
 
 
 def read_csv(path):
@@ -73,7 +73,7 @@ def test_bad_config_value_fails_before_any_work(tmp_path, tiny_pretrain, capsys)
     out = tmp_path / "run"
     assert main(["pretrain", "--out", str(out), *tiny_pretrain, "data.crop_size=48"]) == 2
     err = capsys.readouterr().err
-    assert "32 x model.cell_size" in err and err.count("\n") == 1
+    assert "data.crop_size = 48 does not fit" in err and "32 x the cell size" in err and err.count("\n") == 1
     assert not out.exists()
 
 

@@ -3,13 +3,13 @@ counted, and a streak of them stops the run without overwriting the last good ch
 
 import pytest
 import torch
+from runs import SMALL_PRETRAIN, differences, load, read_losses
 from torch import nn
 
 from mcl.cli import main
+from mcl.engine.nonfinite import INJECT_ENV, NonFiniteGuard, injected_steps
 from mcl.models.ema import ema_update
-from mcl.nonfinite import INJECT_ENV, NonFiniteGuard, injected_steps
 from mcl.optim import build_optimizer
-from runs import SMALL_PRETRAIN, differences, load, read_losses
 
 
 def toy():

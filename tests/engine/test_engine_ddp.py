@@ -46,13 +46,13 @@ def test_sync_bn_was_off_as_configured_on_cpu(ddp_run):
 def test_sync_bn_switch_converts_every_bn_when_several_processes():
     from types import SimpleNamespace
 
-    from mcl.config import load_config, to_dict
-    from mcl.pretrain_config import PretrainConfig
-    from mcl.train import MCLPretrainModule
     from conftest import TINY_PRETRAIN
 
+    from mcl.config import load_config, to_dict
+    from mcl.methods.mcl import MCLConfig, MCLPretrainModule
+
     for setting, world, expected in (("auto", 2, True), ("auto", 1, False), (True, 1, True), (False, 2, False)):
-        cfg = load_config(PretrainConfig, None, TINY_PRETRAIN + [f"model.sync_bn={str(setting).lower()}"])
+        cfg = load_config(MCLConfig, None, TINY_PRETRAIN + [f"model.sync_bn={str(setting).lower()}"])
         module = MCLPretrainModule(to_dict(cfg))
         module.trainer = SimpleNamespace(world_size=world)
         module.setup("fit")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
+from mcl.engine.atomic import write_atomic
+
 
 class RunSummary(Callback):
     """Tracks wall time and images seen; at the end writes ``summary.png`` from ``logs/metrics.csv``."""
@@ -29,24 +31,20 @@ class RunSummary(Callback):
         if trainer.is_global_zero:
             plot_curves(self.run_dir / "logs" / "metrics.csv", self.run_dir / "summary.png")
 
-    def text(self, trainer, checkpoint: Path) -> str:
+    def text(self, trainer, checkpoint: Path, module) -> str:
+        """The end-of-run text: steps, time, images/s, the method's figures (``module.summary_lines``), files."""
         elapsed = time.time() - self.start
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        skip = {"train/lr", "train/global_step"}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/") and k not in skip}
         lines = [
             "-" * 60,
-            f"MCL pretraining finished: {trainer.global_step} optimizer steps ({trainer.global_step - self.start_step} "
-            f"this session) in {elapsed:.1f} s",
+            f"{module.TITLE} pretraining finished: {trainer.global_step} optimizer steps "
+            f"({trainer.global_step - self.start_step} this session) in {elapsed:.1f} s",
             f"unique images seen this session: {self.images} ({self.images / max(elapsed, 1e-9):.1f} img/s)",
+            *module.summary_lines(metrics),
+            f"checkpoint: {checkpoint}", f"logs: {self.run_dir / 'logs'} (CSV + TensorBoard)",
+            f"curves: {self.run_dir / 'summary.png'}", "-" * 60,
         ]
-        levels = sorted({k.split("level")[-1] for k in metrics if "loss_level" in k})
-        for lv in levels:
-            lines.append(f"  level {lv}: loss {metrics.get(f'train/loss_level{lv}', float('nan')):.4f}  "
-                         f"pos cos {metrics.get(f'train/pos_cos_level{lv}', float('nan')):.3f}  "
-                         f"neg cos {metrics.get(f'train/neg_cos_level{lv}', float('nan')):.3f}")
-        if "train/loss" in metrics:
-            lines.append(f"  total loss {metrics['train/loss']:.4f}")
-        lines += [f"checkpoint: {checkpoint}", f"logs: {self.run_dir / 'logs'} (CSV + TensorBoard)",
-                  f"curves: {self.run_dir / 'summary.png'}", "-" * 60]
         return "\n".join(lines)
 
 
@@ -95,8 +93,6 @@ def plot_curves(csv_path: Path, png_path: Path) -> Path | None:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = png_path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    write_atomic(png_path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
-    tmp.replace(png_path)
     return png_path

@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from mcl.checkpoints import load_checkpoint, newest_valid_checkpoint
+from mcl.engine.checkpoints import load_checkpoint, newest_valid_checkpoint
 from mcl.errors import UserError
 
 INJECT_ENV = "MCL_INJECT_NAN_AT_STEPS"

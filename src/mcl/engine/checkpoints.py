@@ -1,6 +1,6 @@
 """Checkpoint files that are never half-written, and resume that only trusts files that load.
 
-Writes go to ``NAME.tmp`` in the same folder, are flushed to disk, then renamed over ``NAME``: a
+Writes go through ``mcl.engine.atomic`` (a temporary file beside ``NAME``, flushed to disk, renamed over ``NAME``): a
 crash or a full disk leaves the previous file intact. Resume picks the newest checkpoint that loads
 (with ``weights_only=True``) and carries our format tag; a truncated or foreign file is skipped
 with a warning naming it.
@@ -8,32 +8,21 @@ with a warning naming it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mcl.engine.atomic import write_atomic
 from mcl.errors import UserError
 
 FORMAT_TAG = "mcl-pretrain/1"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``torch.save`` through ``mcl.engine.atomic.write_atomic``, flushed to the disk before the rename."""
+    write_atomic(Path(path), lambda f: torch.save(obj, f), fsync=True)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -6,10 +6,10 @@ import signal
 from pathlib import Path
 
 import pytest
-
-from mcl.preemption import GracefulStop, resume_command, slurm_job_id
 from conftest import TINY_PRETRAIN
 from runs import differences, load, read_losses, run, start, wait_for_step
+
+from mcl.engine.preemption import GracefulStop, resume_command, slurm_job_id
 
 
 def test_handler_flags_the_first_signal_and_a_second_sigint_interrupts():

@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import supervised_model
 
 from mcl.cli import main
 from mcl.data.labeled import LabeledSyntheticScenes, largest_area_category, list_labeled
 from mcl.data.sources import SourceError
 from mcl.data.views import single_thread
+from mcl.losses import cell_targets
 from mcl.montage import build_pyramids, level_specs
-from mcl.supervised import SupervisedMontage, cell_targets
 
 SPECS = level_specs([1, 2, 4, 8], [1, 1, 1, 2])
-TINY = dict(arch="resnet18", crop_size=32, cell_size=1, fpn_channels=16, neck_hidden=16, embed_dim=8)
+TINY = ["model.arch=resnet18", "data.crop_size=32", "model.cell_size=1", "model.fpn_channels=16",
+        "model.neck_hidden=16", "model.embed_dim=8"]
 
 
 def test_every_cell_target_is_the_class_of_the_image_shown_in_that_cell():
@@ -36,8 +38,8 @@ def test_every_cell_target_is_the_class_of_the_image_shown_in_that_cell():
 
 
 def test_loss_is_finite_and_falls_on_separable_data():
-    torch.manual_seed(0)
-    model = SupervisedMontage(num_classes=2, ratios=[1, 2], repeats=[1, 1], level_weights=[0.5, 0.5], **TINY)
+    model = supervised_model(*TINY, "model.num_classes=2", "montage.ratios=[1,2]", "montage.repeats=[1,1]",
+                             "loss.level_weights=[0.5,0.5]")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     labels = torch.arange(8) % 2
     colour = torch.tensor([[1.5, -1.0, -1.0], [-1.0, -1.0, 1.5]])       # class 0 red, class 1 blue
@@ -100,7 +102,7 @@ def test_cli_end_to_end_on_a_class_folder_then_export(tmp_path, capsys):
     data = tmp_path / "labeled"
     write_class_folders(data)
     out = tmp_path / "run"
-    assert main(["pretrain-supervised", "--data", str(data), "--out", str(out), *TINY_CLI]) == 0
+    assert main(["pretrain", "method=supervised_montage", "--data", str(data), "--out", str(out), *TINY_CLI]) == 0
     ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["mcl_method"] == "supervised_montage" and ckpt["mcl_format"] == "mcl-pretrain/1"
     assert ckpt["hyper_parameters"]["config"]["model"]["num_classes"] == 2
@@ -116,14 +118,14 @@ def test_cli_end_to_end_on_a_class_folder_then_export(tmp_path, capsys):
 def test_num_classes_that_disagree_with_the_data_is_one_clear_line(tmp_path, capsys):
     data = tmp_path / "labeled"
     write_class_folders(data, per_class=2)
-    assert main(["pretrain-supervised", "--data", str(data), "--out", str(tmp_path / "r"), *TINY_CLI,
+    assert main(["pretrain", "method=supervised_montage", "--data", str(data), "--out", str(tmp_path / "r"), *TINY_CLI,
                  "model.num_classes=5"]) == 2
     err = capsys.readouterr().err
     assert "model.num_classes = 5" in err and "2 classes" in err and err.count("\n") == 1
 
 
 def test_supervised_pretraining_reads_labeled_shards(tmp_path, capsys):
-    """mcl data shards --labels, then mcl pretrain-supervised on the shards: classes from classes.json."""
+    """mcl data shards --labels, then supervised montage pretraining on the shards: classes from classes.json."""
     import csv
 
     write_class_folders(tmp_path / "labeled")
@@ -131,7 +133,7 @@ def test_supervised_pretraining_reads_labeled_shards(tmp_path, capsys):
     assert main(["data", "shards", "--src", str(tmp_path / "labeled"), "--out", str(shards), "--shard-size", "8",
                  "--labels"]) == 0
     out = tmp_path / "run"
-    assert main(["pretrain-supervised", "--data", str(shards), "--out", str(out), *TINY_CLI,
+    assert main(["pretrain", "method=supervised_montage", "--data", str(shards), "--out", str(out), *TINY_CLI,
                  "data.shard_shuffle_buffer=8"]) == 0
     ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["config"]["model"]["num_classes"] == 2 and ckpt["global_step"] == 2
@@ -140,6 +142,7 @@ def test_supervised_pretraining_reads_labeled_shards(tmp_path, capsys):
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     capsys.readouterr()
     (shards / "classes.json").unlink()
-    assert main(["pretrain-supervised", "--data", str(shards), "--out", str(tmp_path / "r2"), *TINY_CLI]) == 2
+    assert main(["pretrain", "method=supervised_montage", "--data", str(shards), "--out", str(tmp_path / "r2"),
+                 *TINY_CLI]) == 2
     err = capsys.readouterr().err
     assert "classes.json" in err and "model.num_classes" in err and err.count("\n") == 1

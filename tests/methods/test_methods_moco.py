@@ -1,26 +1,20 @@
-"""`mcl pretrain-moco` end to end on tiny settings, and the export of its checkpoint."""
+"""MoCo v2 (`mcl pretrain method=moco_v2`, as `--config moco_cpu_smoke` names it) end to end on tiny settings,
+and the export of its checkpoint."""
 
 import csv
 import math
 
 import pytest
 import torch
+from runs import TINY_MOCO
 
 from mcl.cli import main
-
-TINY_MOCO = [
-    "data.batch_size=16", "data.crop_size=32", "data.num_workers=0", "data.synthetic_num=32",
-    "data.synthetic_size=48", "model.arch=resnet18", "model.head_hidden=32", "model.embed_dim=16",
-    "model.queue_size=64", "trainer.max_steps=3", "trainer.accelerator=cpu", "trainer.devices=1",
-    "trainer.precision=32-true", "trainer.checkpoint_every_steps=2", "trainer.log_every_steps=1",
-    "trainer.progress_bar=false",
-]
 
 
 @pytest.fixture(scope="module")
 def moco_run(module_tmp_path):
     out = module_tmp_path / "run"
-    code = main(["pretrain-moco", "--out", str(out), *TINY_MOCO])
+    code = main(["pretrain", "method=moco_v2", "--out", str(out), *TINY_MOCO])
     return code, out
 
 
@@ -40,14 +34,14 @@ def test_pretrain_moco_writes_a_tagged_checkpoint_with_mcl_key_names(moco_run):
 
 
 def test_queue_size_not_a_multiple_of_the_batch_is_one_clear_line(tmp_path, capsys):
-    assert main(["pretrain-moco", "--out", str(tmp_path / "r"), *TINY_MOCO, "model.queue_size=40"]) == 2
+    assert main(["pretrain", "method=moco_v2", "--out", str(tmp_path / "r"), *TINY_MOCO, "model.queue_size=40"]) == 2
     err = capsys.readouterr().err
     assert "model.queue_size" in err and "40" in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
 
 
 def test_dry_run_prints_the_moco_v2_recipe(capsys):
-    assert main(["pretrain-moco", "--config", "moco_v2_r50_in1k", "--dry-run"]) == 0
+    assert main(["pretrain", "--config", "moco_v2_r50_in1k", "--dry-run"]) == 0          # the recipe names MoCo v2
     text = capsys.readouterr().out
     assert "global batch 256" in text and "= 0.03" in text and "queue 65536 keys = 256 steps" in text
 
@@ -68,13 +62,23 @@ def test_resume_restores_the_queue_and_continues(moco_run):
     code, out = moco_run
     assert code == 0
     before = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    assert main(["pretrain-moco", "--out", str(out), "--resume", *TINY_MOCO, "trainer.max_steps=4"]) == 0
+    assert main(["pretrain", "method=moco_v2", "--out", str(out), "--resume", *TINY_MOCO, "trainer.max_steps=4"]) == 0
     after = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
     assert after["global_step"] == 4
     assert int(after["state_dict"]["model.queue_ptr"]) == (4 * 16) % 64
     # step 4 wrote rows 48-63 only: the rows written before the resume are kept
     torch.testing.assert_close(after["state_dict"]["model.queue"][:48], before["model.queue"][:48])
     assert not torch.equal(after["state_dict"]["model.queue"][48:], before["model.queue"][48:])
+
+
+def test_resuming_a_moco_run_with_another_methods_recipe_is_refused(moco_run, capsys):
+    code, out = moco_run
+    assert code == 0
+    before = (out / "last.ckpt").read_bytes()
+    assert main(["pretrain", "--config", "cpu_smoke", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "was written by method moco_v2, but this recipe is method mcl" in err and err.count("\n") == 1
+    assert (out / "last.ckpt").read_bytes() == before                      # nothing touched
 
 
 def test_export_maskrcnn_from_moco_keeps_fpn_and_head_fresh(moco_run, tmp_path, capsys):

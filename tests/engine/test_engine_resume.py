@@ -9,7 +9,6 @@ import stat
 import numpy as np
 import pytest
 import torch
-
 from runs import SMALL_PRETRAIN, differences, load, read_losses, run, start, wait_for_step
 
 STEPS = 10                       # 70 scenes / 8 per step = 8 steps an epoch: the resumed part crosses an epoch
@@ -47,7 +46,7 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(tmp_path, reference):
     out = tmp_path / "run"
     code, text = interrupt(out, signal.SIGTERM, after_step=3)
     assert code == 0, text[-3000:]
-    line = next(l for l in text.splitlines() if "stopped by SIGTERM" in l)
+    line = next(ln for ln in text.splitlines() if "stopped by SIGTERM" in ln)
     stopped = int(line.split("optimizer step ")[1].split(":")[0])
     assert 3 <= stopped < STEPS and stopped % 8 != 0                  # really mid-run and mid-epoch
     assert f"step{stopped:07d}.ckpt" in line and "last.ckpt" in line
@@ -85,7 +84,7 @@ def test_sigusr1_with_loader_workers_requeues_and_resume_is_bit_identical(tmp_pa
 # ----- the pieces, in process ------------------------------------------------------------------------
 
 def test_sampler_resumes_inside_the_epoch_permutation_and_shards_disjointly():
-    from mcl.resume import EpochSampler
+    from mcl.engine.resume import EpochSampler
 
     full = EpochSampler(70, 8, seed=3)
     first_two = list(full) + list(full)                         # epochs 0 and 1 from the start
@@ -100,7 +99,7 @@ def test_sampler_resumes_inside_the_epoch_permutation_and_shards_disjointly():
 
 
 def test_items_depend_on_seed_epoch_and_index_only():
-    from mcl.resume import SeededCollate, SeededItems
+    from mcl.engine.resume import SeededCollate, SeededItems
 
     class Noise(torch.utils.data.Dataset):
         def __len__(self):
@@ -126,8 +125,8 @@ def test_items_depend_on_seed_epoch_and_index_only():
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     import random
 
-    from mcl.checkpoints import atomic_torch_save
-    from mcl.resume import capture_rng, restore_rng
+    from mcl.engine.checkpoints import atomic_torch_save
+    from mcl.engine.resume import capture_rng, restore_rng
 
     state = capture_rng()
     expected = (torch.rand(2), np.random.rand(), random.random())
@@ -139,7 +138,7 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
 
 
 def test_csv_log_keeps_earlier_rows_and_drops_recomputed_steps(tmp_path):
-    from mcl.csvlog import ResumableCSVLogger
+    from mcl.engine.csvlog import ResumableCSVLogger
 
     first = ResumableCSVLogger(tmp_path, name="logs", version="")
     for step in range(5):

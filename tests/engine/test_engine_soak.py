@@ -9,8 +9,8 @@ CSV log and every tensor of the final checkpoint (online, EMA target, BN statist
 must be equal. Steps lost = optimizer steps logged before a SIGKILL minus the step of the checkpoint the
 next session resumed from (SIGTERM saves at the stop step: 0 lost).
 
-CI: ``pytest tests/test_soak.py`` (about 20 steps). Long: ``MCL_SOAK_STEPS=2000 pytest -m slow -s
-tests/test_soak.py``.
+CI: ``pytest tests/engine/test_engine_soak.py`` (about 20 steps). Long: ``MCL_SOAK_STEPS=2000 pytest -m slow -s
+tests/engine/test_engine_soak.py``.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from conftest import write_photos
+from runs import SMALL_PRETRAIN, differences, load, read_losses, run, start, steps_logged, wait_for_step
+
 from mcl.data.sources import list_images
-from mcl.nonfinite import INJECT_ENV
-from mcl.resume import EpochSampler
-from runs import (SMALL_PRETRAIN, differences, load, read_losses, run, start, steps_logged,
-                  wait_for_step)
+from mcl.engine.nonfinite import INJECT_ENV
+from mcl.engine.resume import EpochSampler
 
 IMAGES, BATCH, SEED = 70, 8, 0
 
@@ -90,7 +89,7 @@ def soak(tmp_path: Path, steps: int, every: int, kills: list[tuple[int, int]], n
     assert code == 0, text[-3000:]
     logs = text + "".join((tmp_path / f"session{n}.log").read_text() for n in range(len(kills)))
     assert f"skipping unreadable image {paths[corrupted]}" in logs
-    skipped = [l for l in text.splitlines() if l.startswith("non-finite steps skipped:")]
+    skipped = [ln for ln in text.splitlines() if ln.startswith("non-finite steps skipped:")]
     assert skipped and skipped[0].split()[3] == str(len(nan_steps))
     report.append(f"NaN injected at steps {nan_steps}: {skipped[0]}")
 

@@ -3,12 +3,14 @@
 import copy
 
 import torch
+from tiny import mcl_model
 
+from mcl.engine.speed import apply_speed_settings, resnet_bodies, wants_channels_last
 from mcl.models.mcl import MCL
-from mcl.speed import apply_speed_settings, resnet_bodies, wants_channels_last
 
-TINY = dict(arch="resnet18", crop_size=32, cell_size=1, ratios=[1, 2], repeats=[1, 1], fpn_channels=16,
-            neck_convs=1, neck_hidden=16, embed_dim=8, predictor_hidden=16, level_weights=[0.5, 0.5])
+TINY = ["model.arch=resnet18", "data.crop_size=32", "model.cell_size=1", "montage.ratios=[1,2]",
+        "montage.repeats=[1,1]", "model.fpn_channels=16", "model.neck_convs=1", "model.neck_hidden=16",
+        "model.embed_dim=8", "model.predictor_hidden=16", "loss.level_weights=[0.5,0.5]"]
 
 
 def _loss_and_grads(model: MCL, crops: torch.Tensor):
@@ -19,8 +21,7 @@ def _loss_and_grads(model: MCL, crops: torch.Tensor):
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():
-    torch.manual_seed(0)
-    plain = MCL(**TINY)
+    plain = mcl_model(*TINY)
     checkpointed = copy.deepcopy(plain)
     checkpointed.online.backbone.activation_checkpointing = True
     crops = torch.randn(8, 4, 3, 32, 32)
@@ -35,8 +36,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
 def test_channels_last_is_auto_on_cuda_only_and_keeps_outputs():
     assert wants_channels_last("auto", "cuda") and not wants_channels_last("auto", "cpu")
     assert wants_channels_last(True, "cpu") and not wants_channels_last(False, "cuda")
-    torch.manual_seed(0)
-    model = MCL(**TINY).eval()
+    model = mcl_model(*TINY).eval()
     nhwc = copy.deepcopy(model)
     assert apply_speed_settings(nhwc, True, False, "cpu") == ["channels_last"]
     conv = nhwc.online.backbone.body.conv1.weight
@@ -50,7 +50,7 @@ def test_channels_last_is_auto_on_cuda_only_and_keeps_outputs():
 
 
 def test_compile_marks_every_resnet_body_and_keeps_state_dict_keys():
-    model = MCL(**TINY)
+    model = mcl_model(*TINY)
     keys = list(model.state_dict())
     bodies = resnet_bodies(model)
     assert [b is model.online.backbone.body or b is model.target.backbone.body for b in bodies] == [True, True]
@@ -65,9 +65,9 @@ def test_the_progress_bar_reads_the_loss_only_every_log_interval(tmp_path):
     from lightning.pytorch.callbacks import TQDMProgressBar
 
     from mcl.config import load_config
-    from mcl.pretrain_config import PretrainConfig
-    from mcl.train import build_trainer
+    from mcl.engine.trainer import build_trainer
+    from mcl.methods.mcl import MCLConfig
 
-    cfg = load_config(PretrainConfig, "cpu_smoke", ["trainer.log_every_steps=25", "trainer.accelerator=cpu"])
+    cfg = load_config(MCLConfig, "cpu_smoke", ["trainer.log_every_steps=25", "trainer.accelerator=cpu"])
     bar = next(c for c in build_trainer(cfg, tmp_path).callbacks if isinstance(c, TQDMProgressBar))
     assert bar.refresh_rate == 25

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mcl.checkpoints import atomic_torch_save, load_checkpoint, newest_valid_checkpoint
 from mcl.cli import main
+from mcl.engine.checkpoints import atomic_torch_save, load_checkpoint, newest_valid_checkpoint
 from mcl.errors import UserError
 
 
