@@ -13,8 +13,9 @@ from typing import Literal
 
 from mcl.config import Check
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
-Arch = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+# every torchvision ResNet (mcl.models.backbone.RESNET_CHANNELS); paper mode: resnet50
+Arch = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+               "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""`mcl finetune`: Mask R-CNN (torchvision v2 layout) on a COCO-format set, scored with pycocotools."""
+"""`mcl finetune`: a detector (``model.detector``: Mask R-CNN in torchvision's v2 layout by default, Faster R-CNN,
+RetinaNet or Keypoint R-CNN) on a COCO-format set, scored with pycocotools; with
+``--task semseg`` (or the recipe's ``task: semseg``) a Semantic FPN over the same backbone, scored by mIoU
+(``mcl.transfer.semseg``)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ import time
 from pathlib import Path
 
 NAME = "finetune"
-HELP = "Fine-tune Mask R-CNN on a COCO-format set and print COCO AP (default data: synthetic scenes)."
+HELP = ("Fine-tune Mask R-CNN on a COCO-format set and print COCO AP, or with --task semseg a Semantic FPN "
+        "and its mIoU (default data: synthetic scenes).")
 ACCEPTS_OVERRIDES = True
 
 
@@ -17,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--config", help="recipe YAML (a path, or a packaged name: finetune_cpu_smoke, "
                                          "finetune_coco_1x); default: the paper's 1x transfer setting")
+    parser.add_argument("--task", choices=("detection", "semseg"),
+                        help="detection (Mask R-CNN, COCO AP; the default) or semseg (Semantic FPN head over the "
+                             "same ResNet + FPN, trained on the instance masks as class maps, mIoU); recipe key task")
     parser.add_argument("--init", help="initial weights: an mcl checkpoint, an exported or torchvision state dict, "
                                        "'torchvision' (local ImageNet file) or 'random'")
     add_split_arguments(parser)
@@ -35,7 +42,7 @@ def resolve(args: argparse.Namespace, extra: list[str]):
              ("data", "train_images"): args.train_images, ("data", "val_json"): args.val_json,
              ("data", "val_images"): args.val_images, ("trainer", "out"): args.out,
              ("schedule", "factor"): args.schedule}
-    cli: dict = {}
+    cli: dict = {"task": args.task} if getattr(args, "task", None) else {}
     for (section, key), value in flags.items():
         if value is not None:
             cli.setdefault(section, {})[key] = value
@@ -100,22 +107,33 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     L.seed_everything(cfg.trainer.seed, verbose=False)
     if cfg.data.synthetic:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **synthetic_data(cfg, run_dir)))
-    d = cfg.data
-    masks = None if cfg.model.masks == "auto" else cfg.model.masks
+    if cfg.task == "semseg":
+        return run_semseg(cfg, run_dir, ckpt_path, say)
+    d, kind = cfg.data, cfg.model.detector
+    if kind != "maskrcnn" and cfg.model.masks is True:
+        raise UserError(f"model.masks = true but model.detector = {kind} has no mask head: "
+                        f"use model.detector=maskrcnn or model.masks=auto")
+    masks = False if kind != "maskrcnn" else None if cfg.model.masks == "auto" else cfg.model.masks
+    keypoints = kind == "keypointrcnn"
     train_set = CocoDetection(d.train_json, d.train_images, train=True, with_masks=masks, flip_prob=d.flip_prob,
-                              skip_missing_images=d.skip_missing_images)
+                              skip_missing_images=d.skip_missing_images, with_keypoints=keypoints)
     val_set = CocoDetection(d.val_json, d.val_images, train=False, label_map=train_set.label_map,
-                            with_masks=train_set.with_masks, skip_missing_images=d.skip_missing_images)
+                            with_masks=train_set.with_masks, skip_missing_images=d.skip_missing_images,
+                            with_keypoints=keypoints)
     val_gt = val_set.evaluation_gt()
     for line in train_set.report.lines() + val_set.report.lines():
         say(line, flush=True)
     labels = train_set.label_map
-    say(f"{'Mask' if train_set.with_masks else 'Faster'} R-CNN {cfg.model.arch}: {len(labels.category_ids)} "
+    title = {"maskrcnn": "Mask R-CNN" if train_set.with_masks else "Faster R-CNN", "fasterrcnn": "Faster R-CNN",
+             "retinanet": "RetinaNet", "keypointrcnn": f"Keypoint R-CNN ({len(train_set.keypoint_names)} keypoints)"}
+    say(f"{title[kind]} {cfg.model.arch}: {len(labels.category_ids)} "
           f"categories, {len(train_set)} train / {len(val_set)} val images", flush=True)
 
-    module = DetectionFinetuneModule(to_dict(cfg), list(labels.category_ids), list(labels.names), train_set.with_masks)
+    module = DetectionFinetuneModule(to_dict(cfg), list(labels.category_ids), list(labels.names), train_set.with_masks,
+                                     num_keypoints=len(train_set.keypoint_names))
     if ckpt_path is None:
-        report = load_initial_weights(module.detector, cfg.model.init, cfg.model.init_parts, cfg.model.rescale_init)
+        report = load_initial_weights(module.detector, cfg.model.init, cfg.model.init_parts, cfg.model.rescale_init,
+                                      kind=kind)
         say(report, flush=True)
     plan = module.plan(expected_world_size(cfg.trainer), cfg.trainer.accumulate_grad_batches)
     say(plan.describe(), flush=True)
@@ -136,4 +154,61 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"\nfinal COCO AP on {d.val_json} (step {trainer.global_step}):\n{format_table(module.last_results)}\n"
               f"detector: {detector}  (score it again: mcl eval {detector} --val-json J --val-images DIR)\n"
               f"results: {run_dir / 'eval' / 'results.json'}", flush=True)
+    return 0
+
+
+def run_semseg(cfg, run_dir: Path, ckpt_path: Path | None, say) -> int:
+    """The ``--task semseg`` run: data, init report, schedule, training, mIoU table, ``semseg.pt``."""
+    from mcl.config import save_yaml, to_dict
+    from mcl.engine.fit import is_rank_zero
+    from mcl.transfer.coco_data import CocoDetection
+    from mcl.transfer.detection import expected_world_size, make_trainer
+    from mcl.transfer.semseg import (
+        SemsegDataset,
+        SemsegFinetuneModule,
+        format_semseg_table,
+        load_semseg_init,
+        make_semseg_loader,
+    )
+
+    d, m = cfg.data, cfg.model
+    with_masks = m.masks is True   # true: annotations need a segmentation; auto/false: box-only ones are filled
+    train_coco = CocoDetection(d.train_json, d.train_images, train=True, with_masks=with_masks, flip_prob=0.0,
+                               skip_missing_images=d.skip_missing_images)
+    val_coco = CocoDetection(d.val_json, d.val_images, train=False, label_map=train_coco.label_map,
+                             with_masks=with_masks, skip_missing_images=d.skip_missing_images)
+    size = cfg.input.test_min_size
+    boxes_only = m.masks is False
+    train_set = SemsegDataset(train_coco, size, train=True, flip_prob=d.flip_prob, boxes_only=boxes_only)
+    val_set = SemsegDataset(val_coco, size, train=False, boxes_only=boxes_only)
+    for line in train_set.report_lines() + val_set.report_lines():
+        say(line, flush=True)
+    labels = train_coco.label_map
+    say(f"Semantic FPN {m.arch} (FPN {m.fpn_channels}, head {m.semseg_head_channels} {m.semseg_head_norm.upper()}): "
+        f"{labels.num_classes} classes (background + {len(labels.category_ids)} categories), {len(train_set)} train / "
+        f"{len(val_set)} val images, resized to {size}x{size} (input.test_min_size); overlapping instances: the "
+        f"smaller on top; scored at the original size", flush=True)
+
+    module = SemsegFinetuneModule(to_dict(cfg), list(labels.category_ids), list(labels.names))
+    if ckpt_path is None:
+        say(load_semseg_init(module.model, m.init, m.init_parts, m.rescale_init), flush=True)
+    plan = module.plan(expected_world_size(cfg.trainer), cfg.trainer.accumulate_grad_batches)
+    say(plan.describe(), flush=True)
+    every = cfg.trainer.eval_every_steps or plan.iterations
+    trainer = make_trainer(cfg.trainer, run_dir, max_steps=plan.iterations,
+                           val_every_batches=every * cfg.trainer.accumulate_grad_batches)
+    module.set_evaluation(run_dir / "eval", gt_json=str(d.val_json), val_images=str(d.val_images))
+    if is_rank_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+    train_loader = make_semseg_loader(train_set, d.batch_size, d.num_workers, shuffle=True)
+    val_loader = make_semseg_loader(val_set, d.batch_size, d.num_workers, shuffle=False)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    if module.last_eval_step != trainer.global_step:
+        trainer.validate(module, val_loader, verbose=False)
+    if trainer.is_global_zero:
+        model = module.save_model(run_dir / "semseg.pt")
+        print(f"\nfinal semantic segmentation on {d.val_json} (step {trainer.global_step}, percent):\n"
+              f"{format_semseg_table(module.last_results)}\n"
+              f"model: {model}\nresults: {run_dir / 'eval' / 'results.json'}", flush=True)
     return 0

@@ -25,8 +25,12 @@ from pycocotools import mask as mask_utils
 from mcl.data.sources import SourceError
 from mcl.engine.atomic import write_atomic, write_text_atomic
 
+# every object has 4 keypoints: the extreme points of its visible mask (for Keypoint R-CNN); a horizontal flip
+# swaps left and right
+KEYPOINT_NAMES = ("top", "right", "bottom", "left")
 CATEGORIES: list[dict] = [
-    {"id": i + 1, "name": name, "supercategory": "shape"}
+    {"id": i + 1, "name": name, "supercategory": "shape", "keypoints": list(KEYPOINT_NAMES),
+     "skeleton": [[1, 2], [2, 3], [3, 4], [4, 1]]}
     for i, name in enumerate(("disc", "ellipse", "rectangle", "triangle", "ring", "star", "cross"))
 ]
 MIN_VISIBLE_PIXELS = 16
@@ -202,7 +206,8 @@ def render_scene(seed: int, index: int, size: int = 256, preset: str = "standard
     """Scene ``index`` of synthetic dataset ``seed`` (``preset``: see ``PRESETS``): (RGB image, COCO annotations).
 
     Each annotation: category_id, bbox [x, y, w, h] (tight around the visible mask, floats),
-    area (visible pixel count), segmentation (COCO RLE, counts as str), iscrowd 0.
+    area (visible pixel count), segmentation (COCO RLE, counts as str), iscrowd 0, and COCO keypoints
+    ``[x, y, 2] x 4``: the visible mask's extreme points (``extreme_points``), ``num_keypoints`` 4.
     """
     image, anns, _, _ = _render(seed, index, size, preset=preset)
     return image, anns
@@ -253,17 +258,18 @@ def _annotations(kept: list, label: np.ndarray, size: int) -> list[dict]:
     if not kept:
         return []
     masks = np.zeros((size, size, len(kept)), np.uint8, order="F")
-    boxes, areas = [], []
+    boxes, areas, keypoints = [], [], []
     for k, (_, ((y0, y1, x0, x1), _, _, _)) in enumerate(kept):
         vis = label[y0:y1, x0:x1] == k + 1
         masks[y0:y1, x0:x1, k] = vis
+        keypoints.append([c for x, y in extreme_points(vis) for c in (float(x0 + x), float(y0 + y), 2)])
         rows, cols = np.flatnonzero(vis.any(axis=1)), np.flatnonzero(vis.any(axis=0))
         boxes.append([float(x0 + cols[0]), float(y0 + rows[0]),
                       float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)])
         areas.append(int(vis.sum()))
     rles = mask_utils.encode(masks)
     out = []
-    for (obj, _), box, area, rle in zip(kept, boxes, areas, rles):
+    for (obj, _), box, area, rle, points in zip(kept, boxes, areas, rles, keypoints):
         out.append(
             {
                 "category_id": CATEGORIES[obj["cat"]]["id"],
@@ -271,9 +277,23 @@ def _annotations(kept: list, label: np.ndarray, size: int) -> list[dict]:
                 "area": area,
                 "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
                 "iscrowd": 0,
+                "keypoints": points,
+                "num_keypoints": len(KEYPOINT_NAMES),
             }
         )
     return out
+
+
+def extreme_points(mask: np.ndarray) -> list[tuple[float, float]]:
+    """The top, right, bottom and left extreme points of a non-empty bool ``mask (h, w)``, as pixel-centre
+    ``(x, y)``: on the topmost row the middle of its pixels (``x = mean column + 0.5``, ``y = row + 0.5``), and the
+    same for the rightmost column, the bottom row and the leftmost column."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    top, bottom, left, right = rows[0], rows[-1], cols[0], cols[-1]
+    return [(float(np.flatnonzero(mask[top]).mean()) + 0.5, top + 0.5),
+            (right + 0.5, float(np.flatnonzero(mask[:, right]).mean()) + 0.5),
+            (float(np.flatnonzero(mask[bottom]).mean()) + 0.5, bottom + 0.5),
+            (left + 0.5, float(np.flatnonzero(mask[:, left]).mean()) + 0.5)]
 
 
 # --------------------------------------------------------------------------------------------

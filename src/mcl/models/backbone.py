@@ -12,6 +12,8 @@ for the levels asked. Asking for all four levels equals torchvision's FPN forwar
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -20,11 +22,13 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 
+_BASIC = (64, 128, 256, 512)
+_BOTTLENECK = (256, 512, 1024, 2048)
+# C2..C5 channels of every torchvision ResNet we build (ResNeXt and wide ResNets keep ResNet-50's outputs)
 RESNET_CHANNELS = {
-    "resnet18": (64, 128, 256, 512),
-    "resnet34": (64, 128, 256, 512),
-    "resnet50": (256, 512, 1024, 2048),
-    "resnet101": (256, 512, 1024, 2048),
+    "resnet18": _BASIC, "resnet34": _BASIC, "resnet50": _BOTTLENECK, "resnet101": _BOTTLENECK,
+    "resnet152": _BOTTLENECK, "resnext50_32x4d": _BOTTLENECK, "resnext101_32x8d": _BOTTLENECK,
+    "resnext101_64x4d": _BOTTLENECK, "wide_resnet50_2": _BOTTLENECK, "wide_resnet101_2": _BOTTLENECK,
 }
 FPN_STRIDES = (4, 8, 16, 32)  # P2..P5
 
@@ -34,6 +38,31 @@ def make_resnet(arch: str) -> nn.Module:
     if arch not in RESNET_CHANNELS:
         raise ValueError(f"ResNet {arch!r} is not supported (choose one of {', '.join(RESNET_CHANNELS)})")
     return getattr(torchvision.models, arch)(weights=None)
+
+
+@functools.cache
+def _body_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of ``arch``'s torchvision state dict without ``fc`` and BN counters (built on meta)."""
+    with torch.device("meta"):
+        model = make_resnet(arch)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()
+            if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+
+
+def identify_resnet(state) -> str | None:
+    """The torchvision ResNet whose body tensors ``state`` (``{key: tensor}``) holds, under whatever prefix
+    (``conv1.weight``, ``backbone.body.conv1.weight``, ``model.online.backbone.body.conv1.weight``): the arch
+    whose every body key is there with its shape. None when the tensors are no ResNet body we build (depth,
+    groups and width tell ResNet-50, ResNeXt-50 32x4d and wide ResNet-50-2 apart)."""
+    marker = "layer1.0.conv1.weight"
+    prefix = next((k[:-len(marker)] for k in state if k.endswith(marker)
+                   and (k == marker or k[-len(marker) - 1] == ".")), None)
+    if prefix is None:
+        return None
+    parts = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+    body = {k[len(prefix):]: tuple(v.shape) for k, v in state.items()
+            if k.startswith(prefix) and k[len(prefix):].startswith(parts) and not k.endswith("num_batches_tracked")}
+    return next((arch for arch in RESNET_CHANNELS if _body_shapes(arch) == body), None)
 
 
 class ResNetFPN(nn.Module):

@@ -178,13 +178,17 @@ class CocoDetection(Dataset):
     ``train``: build targets, drop images with no usable annotation, flip with ``flip_prob``.
     ``label_map``: the train set's map, given to the val set so both share labels.
     ``with_masks``: decode masks into the targets (default: the json has segmentations).
+    ``with_keypoints``: keypoint targets ``keypoints (N, K, 3)`` (x, y, COCO visibility) for Keypoint R-CNN; the
+    categories' ``keypoints`` names give K and the flip order (``left*`` <-> ``right*``); an annotation without
+    keypoints is dropped.
     ``skip_missing_images``: leave out images missing on disk instead of refusing the set.
     ``coco``: the json already read by ``load_coco_json`` (a caller that checked it first need not parse it again).
     """
 
     def __init__(self, json_path: str | Path, image_root: str | Path, *, train: bool,
                  label_map: LabelMap | None = None, with_masks: bool | None = None, flip_prob: float = 0.5,
-                 skip_missing_images: bool = False, name: str | None = None, coco: COCO | None = None):
+                 skip_missing_images: bool = False, name: str | None = None, coco: COCO | None = None,
+                 with_keypoints: bool = False):
         self.json_path = Path(json_path)
         self.image_root = Path(image_root)
         self.train = train
@@ -195,6 +199,9 @@ class CocoDetection(Dataset):
         if train and self.with_masks and not has_segmentations(self.coco):
             raise UserError(f"{self.json_path} has no segmentation to train masks on; "
                             f"set model.masks=auto or false (Faster R-CNN)")
+        self.with_keypoints = with_keypoints
+        self.keypoint_names = keypoint_names(self.coco, self.json_path) if with_keypoints else ()
+        self.flip_order = keypoint_flip_order(self.keypoint_names)
         self.report = CleanReport(name or f"{'train' if train else 'val'} set {self.json_path.name}", train)
         if not self.image_root.is_dir():
             raise UserError(f"image folder not found: {self.image_root} (give the folder the json's file_name "
@@ -232,6 +239,8 @@ class CocoDetection(Dataset):
                 why = "with a malformed, zero-area or outside-the-image box"
             elif self.with_masks and not _valid_segmentation(ann.get("segmentation"), img["height"], img["width"]):
                 why = "without a usable segmentation"
+            elif self.with_keypoints and not _valid_keypoints(ann, len(self.keypoint_names)):
+                why = "without keypoints"
             else:
                 rep.kept += 1
                 rep.clipped += clipped
@@ -305,13 +314,43 @@ class CocoDetection(Dataset):
         if self.with_masks:
             masks = [segmentation_to_mask(a[2]["segmentation"], height, width) for a in anns]
             target["masks"] = torch.from_numpy(np.stack(masks))
+        if self.with_keypoints:
+            points = [a[2]["keypoints"] for a in anns]
+            target["keypoints"] = torch.tensor(points, dtype=torch.float32).reshape(len(anns), -1, 3)
         if self.flip_prob and torch.rand(()) < self.flip_prob:
-            image, target = hflip(image, target)
+            image, target = hflip(image, target, self.flip_order)
         return image, target
 
 
-def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
-    """Mirror ``image (3, H, W)`` and its boxes/masks left-right: ``x1' = W - x2``, ``x2' = W - x1``."""
+def keypoint_names(coco: COCO, path: Path) -> tuple[str, ...]:
+    """The keypoint names every category of the json shares (COCO's ``categories[i].keypoints``); one-line errors
+    for a json without them or with categories that disagree."""
+    names = {tuple(c.get("keypoints") or ()) for c in coco.dataset["categories"]}
+    if names == {()} or not names:
+        raise UserError(f"{path} has no keypoint names (categories[].keypoints) for Keypoint R-CNN: give a COCO "
+                        f"keypoints json, or choose another model.detector")
+    if len(names) > 1:
+        raise UserError(f"{path}: the categories name different keypoints ({sorted(len(n) for n in names)} names); "
+                        f"Keypoint R-CNN needs one list shared by every category")
+    return names.pop()
+
+
+def keypoint_flip_order(names: tuple[str, ...]) -> list[int]:
+    """Where each keypoint goes in a left-right mirror: a name's ``left`` <-> ``right`` counterpart, else itself."""
+    def mirror(name: str) -> str:
+        return name.replace("left", "\0").replace("right", "left").replace("\0", "right")
+    index = {n: i for i, n in enumerate(names)}
+    return [index.get(mirror(n), i) for i, n in enumerate(names)]
+
+
+def _valid_keypoints(ann: dict, k: int) -> bool:
+    points = ann.get("keypoints")
+    return isinstance(points, list) and len(points) == 3 * k and any(v > 0 for v in points[2::3])
+
+
+def hflip(image: torch.Tensor, target: dict, flip_order: list[int] | None = None) -> tuple[torch.Tensor, dict]:
+    """Mirror ``image (3, H, W)`` and its boxes/masks/keypoints left-right: ``x1' = W - x2``, ``x2' = W - x1``,
+    keypoint ``x' = W - x``, and keypoint ``j`` becomes ``flip_order[j]`` (left <-> right)."""
     width = image.shape[-1]
     target = dict(target)
     boxes = target["boxes"].clone()
@@ -319,6 +358,10 @@ def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
     target["boxes"] = boxes
     if "masks" in target:
         target["masks"] = target["masks"].flip(-1)
+    if "keypoints" in target:
+        points = target["keypoints"].clone()
+        points[..., 0] = torch.where(points[..., 2] > 0, width - points[..., 0], points[..., 0])
+        target["keypoints"] = points[:, flip_order] if flip_order else points
     return image.flip(-1), target
 
 

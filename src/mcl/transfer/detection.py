@@ -8,30 +8,42 @@ inside ``backbone.body``. Without masks it is the matching Faster R-CNN (no ``ro
 
 from __future__ import annotations
 
-import re
+import math
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.detection import FasterRCNN, MaskRCNN, fasterrcnn_resnet50_fpn_v2, maskrcnn_resnet50_fpn_v2
+from torchvision.models.detection import (
+    FasterRCNN,
+    KeypointRCNN,
+    MaskRCNN,
+    RetinaNet,
+    fasterrcnn_resnet50_fpn_v2,
+    maskrcnn_resnet50_fpn_v2,
+)
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, RPNHead, _default_anchorgen
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.detection.retinanet import _default_anchorgen as _retinanet_anchorgen
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from mcl.config import from_dict
 from mcl.engine.checkpoints import AtomicCheckpointIO, atomic_torch_save
 from mcl.errors import UserError
-from mcl.models.backbone import make_resnet
+from mcl.models.backbone import identify_resnet, make_resnet
 from mcl.transfer.evaluate import coco_evaluate, format_table, predictions_to_coco, write_results
 from mcl.transfer.export import convert_checkpoint, group
 from mcl.transfer.finetune_config import FinetuneConfig, TrainerConfig, lr_factor, resolve_schedule
+from mcl.transfer.formats import DETECTOR_OF
 from mcl.transfer.rescale import RESCALE_MODES, conv_bn_pairs, describe_factors, rescale_to_unit_variance
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -58,8 +70,10 @@ class MultiScaleTransform(GeneralizedRCNNTransform):
         return super().resize(image, target)
 
 
-def _v2_layout(body: nn.Module, num_classes: int, with_masks: bool, fpn_channels: int = 256, **kwargs) -> nn.Module:
-    """``maskrcnn_resnet50_fpn_v2``'s construction around any torchvision ResNet ``body``.
+def _v2_layout(body: nn.Module, num_classes: int, with_masks: bool, fpn_channels: int = 256, keypoints: int = 0,
+               **kwargs) -> nn.Module:
+    """``maskrcnn_resnet50_fpn_v2``'s construction around any torchvision ResNet ``body`` (with ``keypoints`` > 0:
+    torchvision's Keypoint R-CNN heads instead of the mask head).
 
     ``fpn_channels`` C sets the FPN width and, with it, every head conv (RPN, the 4 box-head convs, the
     4 mask-head convs): C = 256 is torchvision's and the paper's; the box head's fc stays 1024.
@@ -79,7 +93,11 @@ def _v2_layout(body: nn.Module, num_classes: int, with_masks: bool, fpn_channels
         parts["box_predictor"] = FastRCNNPredictor(1024, num_classes)
         if with_masks:
             parts["mask_predictor"] = MaskRCNNPredictor(c, c, num_classes)
+        if keypoints:
+            parts["keypoint_head"] = KeypointRCNNHeads(c, [512] * 8)
         num_classes = None
+    if keypoints:
+        return KeypointRCNN(backbone, num_classes=num_classes, num_keypoints=keypoints, **parts)
     if with_masks:
         mask_head = MaskRCNNHeads(c, [c] * 4, 1, norm_layer=nn.BatchNorm2d)
         return MaskRCNN(backbone, num_classes=num_classes, mask_head=mask_head, **parts)
@@ -94,23 +112,65 @@ def anchor_generator(sizes) -> AnchorGenerator:
     return AnchorGenerator(tuple((x,) for x in sizes), ((0.5, 1.0, 2.0),) * 5)
 
 
+DETECTORS = ("maskrcnn", "fasterrcnn", "retinanet", "keypointrcnn")
+_TWO_STAGE_ONLY = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                   "rpn_post_nms_top_n_test", "box_batch_size_per_image")
+
+
+def _retinanet_v2_layout(body: nn.Module, num_classes: int, fpn_channels: int, **kwargs) -> nn.Module:
+    """``retinanet_resnet50_fpn_v2``'s construction around any torchvision ResNet ``body``.
+
+    FPN on C3..C5 (no norm, convs with bias) plus ``LastLevelP6P7`` (P6 from C5, P7 from P6), the head with
+    GroupNorm (32 groups at 256 channels; narrower FPNs: the largest divisor of half the width up to 32, so a 1x1
+    P7 of a small image keeps 2 values per group) and GIoU box regression.
+    ``box_detections_per_img`` / ``box_score_thresh`` become RetinaNet's ``detections_per_img`` / ``score_thresh``.
+    """
+    c5 = body.inplanes
+    widths = [c5 // 4, c5 // 2, c5]
+    backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, widths, fpn_channels,
+                               LastLevelP6P7(c5, fpn_channels))
+    anchors = kwargs.pop("rpn_anchor_generator", None) or _retinanet_anchorgen()
+    head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes,
+                         norm_layer=partial(nn.GroupNorm, math.gcd(32, fpn_channels // 2)))
+    head.regression_head._loss_type = "giou"
+    for two_stage in _TWO_STAGE_ONLY:
+        kwargs.pop(two_stage, None)
+    renamed = {"box_detections_per_img": "detections_per_img", "box_score_thresh": "score_thresh"}
+    kwargs = {renamed.get(k, k): v for k, v in kwargs.items()}
+    return RetinaNet(backbone, num_classes, anchor_generator=anchors, head=head, **kwargs)
+
+
 def build_detector(arch: str = "resnet50", num_classes: int = 91, with_masks: bool = True, norm: str = "bn",
                    train_min_sizes=(800,), test_min_size: int = 800, max_size: int = 1333,
-                   anchor_sizes=None, fpn_channels: int = 256, **kwargs) -> nn.Module:
-    """A randomly initialised v2-layout Mask R-CNN (Faster R-CNN if ``not with_masks``); nothing is downloaded.
+                   anchor_sizes=None, fpn_channels: int = 256, kind: str = "maskrcnn", num_keypoints: int = 17,
+                   **kwargs) -> nn.Module:
+    """A randomly initialised detector of ``kind``; nothing is downloaded.
+
+    - ``maskrcnn``: torchvision's v2 layout (``maskrcnn_resnet50_fpn_v2``), Faster R-CNN if ``not with_masks``;
+    - ``fasterrcnn``: the same without the mask head (``fasterrcnn_resnet50_fpn_v2``);
+    - ``retinanet``: ``retinanet_resnet50_fpn_v2``'s layout (FPN on C3..C5 without norm, P6/P7, GroupNorm head);
+    - ``keypointrcnn``: the v2 layout (BN FPN, 2-conv RPN head, 4conv1fc box head) with torchvision's keypoint
+      head and ``num_keypoints`` (torchvision has no v2 Keypoint R-CNN; its v1 has no BN FPN nor conv box head).
 
     ``num_classes`` counts the background, as in torchvision (K categories -> K + 1).
     ``norm``: "bn" (trainable BatchNorm everywhere) or "syncbn" (the same, converted to SyncBatchNorm).
     ``fpn_channels``: FPN and head-conv width (256: torchvision's and the paper's; smaller for CPU demos).
-    ``kwargs`` go to torchvision's ``MaskRCNN`` (e.g. ``rpn_post_nms_top_n_train``, ``box_detections_per_img``).
+    ``kwargs`` go to torchvision's detector class (e.g. ``rpn_post_nms_top_n_train``, ``box_detections_per_img``).
     """
     if norm not in ("bn", "syncbn"):
         raise ValueError(f"norm {norm!r} should be 'bn' or 'syncbn'")
+    if kind not in DETECTORS:
+        raise ValueError(f"detector {kind!r} is not one of {', '.join(DETECTORS)}")
     if anchor_sizes is not None:
         kwargs["rpn_anchor_generator"] = anchor_generator(anchor_sizes)
     if fpn_channels < 1:
         raise UserError(f"model.fpn_channels {fpn_channels}: give a positive width (256 is the paper's)")
-    if arch == "resnet50" and fpn_channels == 256:
+    with_masks = with_masks and kind == "maskrcnn"
+    if kind == "retinanet":
+        model = _retinanet_v2_layout(make_resnet(arch), num_classes, fpn_channels, **kwargs)
+    elif kind == "keypointrcnn":
+        model = _v2_layout(make_resnet(arch), num_classes, False, fpn_channels, keypoints=num_keypoints, **kwargs)
+    elif arch == "resnet50" and fpn_channels == 256:
         # with no weights torchvision trains all 5 stages and uses plain BatchNorm2d in the body
         builder = maskrcnn_resnet50_fpn_v2 if with_masks else fasterrcnn_resnet50_fpn_v2
         model = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
@@ -160,7 +220,7 @@ class InitReport:
 
 def local_torchvision_weights(arch: str) -> Path:
     """The torchvision ImageNet file for ``arch`` already in torch hub's cache (never downloaded)."""
-    enum = getattr(torchvision.models, f"ResNet{arch[len('resnet'):]}_Weights")
+    enum = torchvision.models.get_model_weights(arch)
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     names = [Path(w.url).name for w in enum]
     for name in names:
@@ -182,10 +242,11 @@ def _strip(state: dict, prefix: str) -> dict:
     return state
 
 
-def read_init_state_dict(path: Path) -> tuple[dict, str, str]:
+def read_init_state_dict(path: Path, fmt: str = "torchvision-maskrcnn") -> tuple[dict, str, str]:
     """Tensors of an init file, the prefix that puts their keys in the detector's key space, and what it was.
 
-    mcl pretraining checkpoint (``state_dict`` keys ``model.online.*``) -> ``mcl.transfer.export``;
+    mcl pretraining checkpoint (``state_dict`` keys ``model.online.*``) -> ``mcl.transfer.export`` to ``fmt``
+    (the detector's export format: ``mcl.transfer.formats.DETECTOR_OF``);
     a torchvision ResNet (``conv1.weight``, ``layer1.*``) -> ``backbone.body.*``; a detector state dict,
     an ``mcl finetune`` checkpoint (``detector.*``) or a torchvision reference one (``model``) -> as is.
     """
@@ -195,7 +256,7 @@ def read_init_state_dict(path: Path) -> tuple[dict, str, str]:
         raise UserError(f"cannot read init file {path} as a PyTorch state dict: {str(exc).splitlines()[0]}") from None
     inner = obj.get("state_dict") if isinstance(obj, dict) else None
     if isinstance(inner, dict) and any(k.startswith("model.online.") for k in inner):
-        state, report = convert_checkpoint(path, "torchvision-maskrcnn", encoder="online")
+        state, report = convert_checkpoint(path, fmt, encoder="online")
         return state, "", f"mcl pretraining checkpoint {path} (online encoder, via mcl.transfer.export)\n{report}"
     state = _tensor_dict(inner) or _tensor_dict(obj.get("model") if isinstance(obj, dict) else None) \
         or _tensor_dict(obj)
@@ -208,12 +269,13 @@ def read_init_state_dict(path: Path) -> tuple[dict, str, str]:
 
 
 def load_initial_weights(model: nn.Module, init: str | None, parts: list[str] | None = None,
-                         rescale: str = "none") -> InitReport:
+                         rescale: str = "none", kind: str = "maskrcnn") -> InitReport:
     """Load ``init`` into ``model`` (non-strict) and return a report of what was loaded per part.
 
     ``rescale``: "none" (the paper) or "unit_variance": scale every loaded conv that feeds a BatchNorm so that
     its pre-BN running variance is 1, as at random init, without changing the function (``mcl.transfer.rescale``).
 
+    ``kind``: the detector (``build_detector``'s), for converting an mcl checkpoint to its layout.
     ``init``: None/"random" (nothing loaded), "torchvision" (local ImageNet ResNet of the body's depth),
     or a file (see ``read_init_state_dict``). A shape mismatch is an error naming the key, except in the
     class-count-dependent predictor layers, which stay random with a note.
@@ -235,7 +297,8 @@ def load_initial_weights(model: nn.Module, init: str | None, parts: list[str] | 
     if not path.is_file():
         raise UserError(f"init file not found: {path} (give an mcl checkpoint, an exported state dict, "
                         f"or a ResNet file)")
-    state, prefix, source = read_init_state_dict(path)
+    fmt = next(f for f, k in DETECTOR_OF.items() if k == kind)
+    state, prefix, source = read_init_state_dict(path, fmt)
     arch, file_arch = resnet_name(own), resnet_name(state)
     if file_arch and arch and file_arch != arch:
         raise UserError(f"init file {path} holds a {file_arch} body but the detector is a {arch}: "
@@ -278,16 +341,10 @@ def load_initial_weights(model: nn.Module, init: str | None, parts: list[str] | 
     return report
 
 
-def resnet_name(keys) -> str | None:
-    """``resnetD`` of the ResNet body whose tensors ``keys`` name (None if none do).
-
-    D = 2 + 3 per bottleneck block (those have a ``conv3``) or 2 per basic block; blocks are ``layerI.J``.
-    """
-    blocks = {m.group(0) for k in keys if (m := re.search(r"(?<![a-z_])layer[1-4]\.\d+", k))}
-    if not blocks:
-        return None
-    per_block = 3 if any(re.search(r"layer[1-4]\.\d+\.conv3\.", k) for k in keys) else 2
-    return f"resnet{2 + per_block * len(blocks)}"
+def resnet_name(state) -> str | None:
+    """The torchvision ResNet (``resnet50``, ``resnext50_32x4d``, ...) whose body tensors ``state`` holds, under
+    any prefix; None if it holds none we build (``mcl.models.backbone.identify_resnet``)."""
+    return identify_resnet(state)
 
 
 # ---------------------------------------------------------------- fine-tuning (Lightning)
@@ -341,15 +398,18 @@ class DetectionFinetuneModule(L.LightningModule):
     on rank 0 against ``val_gt`` and writes the table, ``results.json`` and prediction files to ``eval_dir``.
     """
 
-    def __init__(self, config: dict, category_ids: list[int], category_names: list[str], with_masks: bool):
+    def __init__(self, config: dict, category_ids: list[int], category_names: list[str], with_masks: bool,
+                 num_keypoints: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = from_dict(FinetuneConfig, config)
         m, size = self.cfg.model, self.cfg.input
         self.label_to_category = {i + 1: int(c) for i, c in enumerate(category_ids)}
-        self.iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+        with_masks = with_masks and m.detector == "maskrcnn"
+        self.iou_types = ("bbox", "segm") if with_masks else ("bbox", "keypoints") if num_keypoints else ("bbox",)
         self.detector = build_detector(
-            m.arch, len(category_ids) + 1, with_masks, train_min_sizes=size.train_min_sizes,
+            m.arch, len(category_ids) + 1, with_masks, kind=m.detector, num_keypoints=num_keypoints or 17,
+            train_min_sizes=size.train_min_sizes,
             test_min_size=size.test_min_size, max_size=size.max_size,
             rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
             rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,

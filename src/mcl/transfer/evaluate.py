@@ -25,7 +25,13 @@ from mcl.errors import UserError
 from mcl.transfer.coco_data import load_coco_json
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-_RESULT_KEY = {"bbox": "bbox", "segm": "segmentation"}
+_RESULT_KEY = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
+# COCO's per-keypoint OKS sigmas are for its 17 person keypoints; another set is scored with one sigma for every
+# keypoint, the mean of COCO's (a choice: a set's own sigmas would come from its annotators' spread)
+COCO_KEYPOINT_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89,
+                                 .89]) / 10.0
+# COCOeval's first stats per type: keypoints have no small-object AP
+_STATS = {"bbox": METRICS, "segm": METRICS, "keypoints": ("AP", "AP50", "AP75", "APm", "APl")}
 
 
 def predictions_to_coco(outputs: list[dict], image_ids: list[int], label_to_category: dict[int, int],
@@ -33,8 +39,9 @@ def predictions_to_coco(outputs: list[dict], image_ids: list[int], label_to_cate
     """torchvision detector outputs -> COCO result dicts.
 
     ``outputs[i]``: ``boxes (N, 4)`` xyxy in original-image pixels, ``scores (N,)``, ``labels (N,)`` in 1..K,
-    optionally ``masks (N, 1, H, W)`` probabilities; each result gets ``bbox = [x1, y1, x2 - x1, y2 - y1]``
-    and, with masks, the compressed RLE of ``mask > mask_threshold``.
+    optionally ``masks (N, 1, H, W)`` probabilities and ``keypoints (N, K, 3)``; each result gets
+    ``bbox = [x1, y1, x2 - x1, y2 - y1]``, with masks the compressed RLE of ``mask > mask_threshold``, with
+    keypoints ``[x1, y1, 1, ..., xK, yK, 1]`` (COCO's result format; the visibility is not scored).
     """
     results = []
     for out, image_id in zip(outputs, image_ids):
@@ -50,10 +57,17 @@ def predictions_to_coco(outputs: list[dict], image_ids: list[int], label_to_cate
             rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
             for rle in rles:
                 rle["counts"] = rle["counts"].decode("ascii")
+        points = None
+        if "keypoints" in out:
+            points = out["keypoints"].detach().float().cpu().clone()
+            points[..., 2] = 1.0
+            points = points.reshape(len(points), -1).tolist()
         for k in range(len(scores)):
             result = {"image_id": int(image_id), "category_id": categories[k], "bbox": xywh[k], "score": scores[k]}
             if rles is not None:
                 result["segmentation"] = rles[k]
+            if points is not None:
+                result["keypoints"] = points[k]
             results.append(result)
     return results
 
@@ -93,13 +107,21 @@ def coco_evaluate(coco_gt: COCO | str | Path, predictions: list[dict],
             continue
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator = COCOeval(gt, gt.loadRes(dets), iou_type)
+            if iou_type == "keypoints":
+                evaluator.params.kpt_oks_sigmas = keypoint_sigmas(len(dets[0]["keypoints"]) // 3)
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        results[iou_type] = {m: (float(v) if v >= 0 else None) for m, v in zip(METRICS, evaluator.stats[:6])}
+        stats = dict(zip(_STATS[iou_type], evaluator.stats))
+        results[iou_type] = {m: (float(stats[m]) if m in stats and stats[m] >= 0 else None) for m in METRICS}
     if notes:
         results["notes"] = notes
     return results
+
+
+def keypoint_sigmas(k: int) -> np.ndarray:
+    """OKS sigmas for ``k`` keypoints: COCO's own for its 17, else their mean for each (``COCO_KEYPOINT_SIGMAS``)."""
+    return COCO_KEYPOINT_SIGMAS if k == 17 else np.full(k, COCO_KEYPOINT_SIGMAS.mean())
 
 
 def format_table(results: dict) -> str:

@@ -61,6 +61,9 @@ class ModelConfig:
     """Detector layout (torchvision ``maskrcnn_resnet50_fpn_v2``) and the proposal/ROI budgets."""
 
     arch: Arch = "resnet50"
+    # maskrcnn / fasterrcnn: torchvision's v2 layout (the paper's Mask R-CNN; fasterrcnn = no mask head);
+    # retinanet: torchvision's retinanet_resnet50_fpn_v2 layout; keypointrcnn: the v2 layout with a keypoint head
+    detector: Literal["maskrcnn", "fasterrcnn", "retinanet", "keypointrcnn"] = "maskrcnn"
     init: str | None = None  # mcl checkpoint, exported/torchvision state dict, "torchvision", or null (random)
     init_parts: list[str] | None = None  # load only these of backbone.body, backbone.fpn, roi_heads.box_head
     # unit_variance: scale each loaded conv (before a BN) per channel so its pre-BN running variance is 1, as at
@@ -79,6 +82,8 @@ class ModelConfig:
     # module-name prefixes kept frozen (no gradient, BatchNorm in eval mode), e.g. [backbone.body, backbone.fpn]
     # for the frozen-backbone detection probe; null: nothing frozen (the paper: nothing frozen)
     freeze: list[str] | None = None
+    semseg_head_channels: int = 128     # --task semseg: the Semantic FPN head's width (Panoptic FPN's: 128)
+    semseg_head_norm: Literal["bn", "gn"] = "bn"   # bn: as everywhere in our detectors; gn: Panoptic FPN's GroupNorm
 
     def checks(self) -> list[Check]:
         return [
@@ -163,6 +168,7 @@ class TrainerConfig:
 
 @dataclass
 class FinetuneConfig:
+    task: Literal["detection", "semseg"] = "detection"   # semseg: a Semantic FPN head (mcl.transfer.semseg), mIoU
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     input: InputConfig = field(default_factory=InputConfig)
