@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import SMALL_PRETRAIN, differences, load
+from runs import SMALL_PRETRAIN, TINY_FINETUNE, differences, load
 
 from mcl.cli import main
 
@@ -39,16 +39,8 @@ RUNS = {
     "moco_v2": ("pretrain-moco", "moco_cpu_smoke", TINY_MOCO),
     "supervised_montage": ("pretrain-supervised", "supervised_cpu_smoke", TINY_SUPERVISED),
 }
-# Mask R-CNN R18 on 64px scenes, one iteration (tests/transfer/test_transfer_finetune.py's TINY), FPN as pretrained
-TINY_FINETUNE = [
-    "data.synthetic_train_num=4", "data.synthetic_val_num=2", "data.synthetic_size=64", "data.batch_size=2",
-    "data.num_workers=0", "model.arch=resnet18", "model.fpn_channels=16", "model.rpn_pre_nms_top_n_train=100",
-    "model.rpn_post_nms_top_n_train=20", "model.rpn_pre_nms_top_n_test=50", "model.rpn_post_nms_top_n_test=10",
-    "model.box_batch_size_per_image=8", "model.box_detections_per_img=5", "input.train_min_sizes=[56,64]",
-    "input.max_size=128", "input.test_min_size=64", "schedule.iterations_1x=1", "schedule.reference_batch=2",
-    "schedule.warmup_iters=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.progress_bar=false",
-    "trainer.checkpoint_every_steps=1", "trainer.log_every_steps=1",
-]
+# runs.TINY_FINETUNE at the pretraining's FPN width
+FINETUNE = [*TINY_FINETUNE, "model.fpn_channels=16", "schedule.iterations_1x=1"]
 STEPS = ["trainer.max_steps=3", "trainer.checkpoint_every_steps=2", "trainer.keep_checkpoints=5"]
 
 
@@ -118,7 +110,7 @@ def test_old_checkpoints_export(old_runs, method, tmp_path):
 
 def test_old_mcl_checkpoint_initialises_finetuning(old_runs, tmp_path, capsys):
     rc = main(["finetune", "--out", str(tmp_path / "ft"), "--init", str(old_runs["mcl"] / "last.ckpt"),
-               *TINY_FINETUNE])
+               *FINETUNE])
     out = capsys.readouterr().out
     assert rc == 0 and "final COCO AP" in out
     assert "backbone.fpn" in out and "roi_heads.box_head" in out

@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 from conftest import TINY_PRETRAIN
+from runs import TINY_FINETUNE
 from torchvision.models.detection import fasterrcnn_resnet50_fpn_v2, retinanet_resnet50_fpn_v2
 
 from mcl.cli import main
@@ -151,16 +152,8 @@ def test_a_resnext_pretraining_checkpoint_exports_and_initialises_its_detector(t
         load_initial_weights(build_detector("resnet50", 3, fpn_channels=32), str(out / "last.ckpt"))
 
 
-# Mask R-CNN's tiny fine-tuning budget (tests/transfer/test_transfer_finetune.py), FPN as pretrained
-TINY_FINETUNE = [
-    "data.synthetic_train_num=4", "data.synthetic_val_num=2", "data.synthetic_size=64", "data.batch_size=2",
-    "data.num_workers=0", "model.arch=resnet18", "model.fpn_channels=32", "model.rpn_pre_nms_top_n_train=100",
-    "model.rpn_post_nms_top_n_train=20", "model.rpn_pre_nms_top_n_test=50", "model.rpn_post_nms_top_n_test=10",
-    "model.box_batch_size_per_image=8", "model.box_detections_per_img=5", "input.train_min_sizes=[56,64]",
-    "input.max_size=128", "input.test_min_size=64", "schedule.iterations_1x=2", "schedule.reference_batch=2",
-    "schedule.warmup_iters=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.progress_bar=false",
-    "trainer.checkpoint_every_steps=1", "trainer.log_every_steps=1",
-]
+# runs.TINY_FINETUNE at the pretraining's FPN width
+FINETUNE = [*TINY_FINETUNE, "model.fpn_channels=32"]
 
 
 @pytest.mark.parametrize("kind,title,scored", [("fasterrcnn", "Faster R-CNN", {"bbox"}),
@@ -171,7 +164,7 @@ def test_finetune_each_detector_on_the_synthetic_scenes_from_a_pretraining_check
     import json
 
     run = tmp_path / "run"
-    assert main(["finetune", "--out", str(run), "--init", str(tiny_checkpoint), *TINY_FINETUNE,
+    assert main(["finetune", "--out", str(run), "--init", str(tiny_checkpoint), *FINETUNE,
                  f"model.detector={kind}"]) == 0
     out = capsys.readouterr().out
     assert f"{title} resnet18: 7 categories" in out
@@ -218,7 +211,7 @@ def test_keypoint_detection_needs_keypoint_names_one_line(tmp_path, capsys):
         c.pop("keypoints")
     path.write_text(json.dumps(data))
     rc = main(["finetune", "--train-json", str(path), "--train-images", str(path.parent), "--val-json", str(path),
-               "--val-images", str(path.parent), "--out", str(tmp_path / "r"), *TINY_FINETUNE,
+               "--val-images", str(path.parent), "--out", str(tmp_path / "r"), *FINETUNE,
                "model.detector=keypointrcnn"])
     err = capsys.readouterr().err
     assert rc == 2 and "has no keypoint names (categories[].keypoints)" in err and err.count("\n") == 1

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 from conftest import TINY_PRETRAIN
+from runs import TINY_FINETUNE
 
 from mcl.cli import main
 from mcl.config import load_config, to_dict
@@ -18,16 +19,7 @@ from mcl.transfer.detection import _v2_layout, build_detector, load_initial_weig
 from mcl.transfer.evaluate import METRICS
 from mcl.transfer.finetune_config import ScheduleConfig, lr_factor, resolve_schedule
 
-# Mask R-CNN R18 on 64px scenes with tiny proposal/ROI budgets: a few seconds per run on 2 cores.
-TINY = [
-    "data.synthetic_train_num=4", "data.synthetic_val_num=2", "data.synthetic_size=64", "data.batch_size=2",
-    "data.num_workers=0", "model.arch=resnet18", "model.rpn_pre_nms_top_n_train=100",
-    "model.rpn_post_nms_top_n_train=20", "model.rpn_pre_nms_top_n_test=50", "model.rpn_post_nms_top_n_test=10",
-    "model.box_batch_size_per_image=8", "model.box_detections_per_img=5", "input.train_min_sizes=[56,64]",
-    "input.max_size=128", "input.test_min_size=64", "schedule.iterations_1x=2", "schedule.reference_batch=2",
-    "schedule.warmup_iters=1", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.progress_bar=false",
-    "trainer.checkpoint_every_steps=1", "trainer.log_every_steps=1",
-]
+TINY = TINY_FINETUNE
 
 
 def shapes(model):

@@ -87,11 +87,11 @@ def resume_checkpoint(run_dir: Path) -> Path:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     import lightning as L
 
-    from mcl.config import save_yaml, to_dict
+    from mcl.config import to_dict
     from mcl.engine.fit import is_rank_zero
     from mcl.errors import UserError
     from mcl.transfer.coco_data import CocoDetection, make_loader
-    from mcl.transfer.detection import DetectionFinetuneModule, expected_world_size, load_initial_weights, make_trainer
+    from mcl.transfer.detection import DetectionFinetuneModule, load_initial_weights
     from mcl.transfer.evaluate import format_table
 
     say = print if is_rank_zero() else (lambda *a, **k: None)  # one copy of each line under DDP
@@ -135,22 +135,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         report = load_initial_weights(module.detector, cfg.model.init, cfg.model.init_parts, cfg.model.rescale_init,
                                       kind=kind)
         say(report, flush=True)
-    plan = module.plan(expected_world_size(cfg.trainer), cfg.trainer.accumulate_grad_batches)
-    say(plan.describe(), flush=True)
-    every = cfg.trainer.eval_every_steps or plan.iterations
-    trainer = make_trainer(cfg.trainer, run_dir, max_steps=plan.iterations,
-                           val_every_batches=every * cfg.trainer.accumulate_grad_batches)
     module.set_evaluation(val_gt, run_dir / "eval", gt_json=str(d.val_json), val_images=str(d.val_images))
-    if is_rank_zero():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
-    train_loader = make_loader(train_set, d.batch_size, d.num_workers, shuffle=True)
-    val_loader = make_loader(val_set, d.batch_size, d.num_workers, shuffle=False)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    if module.last_eval_step != trainer.global_step:
-        trainer.validate(module, val_loader, verbose=False)
+    trainer = fit_and_evaluate(cfg, module, run_dir, ckpt_path,
+                               make_loader(train_set, d.batch_size, d.num_workers, shuffle=True),
+                               make_loader(val_set, d.batch_size, d.num_workers, shuffle=False), say)
     if trainer.is_global_zero:
-        detector = module.save_detector(run_dir / "detector.pt")
+        detector = module.save(run_dir / "detector.pt")
         print(f"\nfinal COCO AP on {d.val_json} (step {trainer.global_step}):\n{format_table(module.last_results)}\n"
               f"detector: {detector}  (score it again: mcl eval {detector} --val-json J --val-images DIR)\n"
               f"results: {run_dir / 'eval' / 'results.json'}", flush=True)
@@ -159,10 +149,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
 def run_semseg(cfg, run_dir: Path, ckpt_path: Path | None, say) -> int:
     """The ``--task semseg`` run: data, init report, schedule, training, mIoU table, ``semseg.pt``."""
-    from mcl.config import save_yaml, to_dict
-    from mcl.engine.fit import is_rank_zero
+    from mcl.config import to_dict
     from mcl.transfer.coco_data import CocoDetection
-    from mcl.transfer.detection import expected_world_size, make_trainer
     from mcl.transfer.semseg import (
         SemsegDataset,
         SemsegFinetuneModule,
@@ -192,23 +180,34 @@ def run_semseg(cfg, run_dir: Path, ckpt_path: Path | None, say) -> int:
     module = SemsegFinetuneModule(to_dict(cfg), list(labels.category_ids), list(labels.names))
     if ckpt_path is None:
         say(load_semseg_init(module.model, m.init, m.init_parts, m.rescale_init), flush=True)
+    module.set_evaluation(run_dir / "eval", gt_json=str(d.val_json), val_images=str(d.val_images))
+    trainer = fit_and_evaluate(cfg, module, run_dir, ckpt_path,
+                               make_semseg_loader(train_set, d.batch_size, d.num_workers, shuffle=True),
+                               make_semseg_loader(val_set, d.batch_size, d.num_workers, shuffle=False), say)
+    if trainer.is_global_zero:
+        model = module.save(run_dir / "semseg.pt")
+        print(f"\nfinal semantic segmentation on {d.val_json} (step {trainer.global_step}, percent):\n"
+              f"{format_semseg_table(module.last_results)}\n"
+              f"model: {model}\nresults: {run_dir / 'eval' / 'results.json'}", flush=True)
+    return 0
+
+
+def fit_and_evaluate(cfg, module, run_dir: Path, ckpt_path: Path | None, train_loader, val_loader, say):
+    """What every task's run does once its data and module are built: the schedule, the Trainer, the resolved
+    config beside the run, training (resumed from ``ckpt_path``), a last evaluation at the final step."""
+    from mcl.config import save_yaml
+    from mcl.engine.fit import is_rank_zero
+    from mcl.transfer.detection import expected_world_size, make_trainer
+
     plan = module.plan(expected_world_size(cfg.trainer), cfg.trainer.accumulate_grad_batches)
     say(plan.describe(), flush=True)
     every = cfg.trainer.eval_every_steps or plan.iterations
     trainer = make_trainer(cfg.trainer, run_dir, max_steps=plan.iterations,
                            val_every_batches=every * cfg.trainer.accumulate_grad_batches)
-    module.set_evaluation(run_dir / "eval", gt_json=str(d.val_json), val_images=str(d.val_images))
     if is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
-    train_loader = make_semseg_loader(train_set, d.batch_size, d.num_workers, shuffle=True)
-    val_loader = make_semseg_loader(val_set, d.batch_size, d.num_workers, shuffle=False)
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if module.last_eval_step != trainer.global_step:
         trainer.validate(module, val_loader, verbose=False)
-    if trainer.is_global_zero:
-        model = module.save_model(run_dir / "semseg.pt")
-        print(f"\nfinal semantic segmentation on {d.val_json} (step {trainer.global_step}, percent):\n"
-              f"{format_semseg_table(module.last_results)}\n"
-              f"model: {model}\nresults: {run_dir / 'eval' / 'results.json'}", flush=True)
-    return 0
+    return trainer

@@ -37,12 +37,13 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from mcl.config import from_dict
-from mcl.engine.checkpoints import AtomicCheckpointIO, atomic_torch_save
+from mcl.engine.checkpoints import AtomicCheckpointIO
 from mcl.errors import UserError
 from mcl.models.backbone import identify_resnet, make_resnet
 from mcl.transfer.evaluate import coco_evaluate, format_table, predictions_to_coco, write_results
 from mcl.transfer.export import convert_checkpoint, group
-from mcl.transfer.finetune_config import FinetuneConfig, TrainerConfig, lr_factor, resolve_schedule
+from mcl.transfer.finetune_base import FinetuneBase
+from mcl.transfer.finetune_config import FinetuneConfig, TrainerConfig
 from mcl.transfer.formats import DETECTOR_OF
 from mcl.transfer.rescale import RESCALE_MODES, conv_bn_pairs, describe_factors, rescale_to_unit_variance
 
@@ -379,21 +380,10 @@ def expected_world_size(t: TrainerConfig) -> int:
     return t.num_nodes * count
 
 
-def _batchnorm_split(model: nn.Module) -> tuple[list, list]:
-    """Trainable parameters as (not in a norm layer, in a norm layer) for separate weight decay."""
-    other, norm = [], []
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            if p.requires_grad:
-                (norm if isinstance(module, nn.modules.batchnorm._BatchNorm) else other).append(p)
-    return other, norm
-
-
-class DetectionFinetuneModule(L.LightningModule):
+class DetectionFinetuneModule(FinetuneBase):
     """Fine-tunes ``detector`` and scores it with pycocotools at each validation.
 
-    Optimisation: SGD (momentum, weight decay; ``weight_decay_norm`` on BN), lr stepped per optimizer
-    step by ``lr_factor`` (linear warm-up, x0.1 at the milestones) from ``resolve_schedule``.
+    Optimisation, frozen modules and the saved file: ``mcl.transfer.finetune_base.FinetuneBase``.
     Validation gathers predictions from every process, keeps one per image (samplers pad), scores them
     on rank 0 against ``val_gt`` and writes the table, ``results.json`` and prediction files to ``eval_dir``.
     """
@@ -441,26 +431,12 @@ class DetectionFinetuneModule(L.LightningModule):
         module.load_state_dict(ckpt["state_dict"])
         return module
 
-    def train(self, mode: bool = True):
-        """As ``nn.Module.train``, but frozen modules stay in eval mode (their BatchNorm statistics fixed)."""
-        super().train(mode)
-        modules = dict(self.detector.named_modules())   # looked up by name: SyncBN conversion replaces modules
-        for name in getattr(self, "frozen", []):
-            modules[name].eval()
-        return self
-
-    def save_detector(self, path: str | Path) -> Path:
-        """The weights and what is needed to rebuild them (config, category ids), loadable by ``from_file``."""
-        path = Path(path)
-        atomic_torch_save({"hyper_parameters": dict(self.hparams), "state_dict": self.state_dict()}, path)
-        return path
+    def network(self) -> nn.Module:
+        return self.detector
 
     def set_evaluation(self, gt, eval_dir: str | Path, **extra) -> None:
         """Score validations against ``gt`` (a pycocotools COCO) and write them to ``eval_dir``."""
         self.val_gt, self.eval_dir, self.eval_extra = gt, Path(eval_dir), extra
-
-    def plan(self, world_size: int, accumulate: int):
-        return resolve_schedule(self.cfg.schedule, self.cfg.data.batch_size * world_size * accumulate)
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
@@ -484,15 +460,8 @@ class DetectionFinetuneModule(L.LightningModule):
         for image_id, out in zip(ids, outputs):
             self._predictions.append((image_id, predictions_to_coco([out], [image_id], self.label_to_category)))
 
-    def _gather(self, items: list) -> list:
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            parts = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(parts, items)
-            return [x for part in parts for x in part]
-        return items
-
     def on_validation_epoch_end(self) -> None:
-        per_image = dict(self._gather(self._predictions))  # a padded duplicate replaces its twin
+        per_image = dict(self.gather(self._predictions))  # a padded duplicate replaces its twin
         self._predictions = []
         results = None
         if self.trainer.is_global_zero:
@@ -509,16 +478,6 @@ class DetectionFinetuneModule(L.LightningModule):
         self.last_eval_step = self.global_step
         metrics = {f"val/{t}_{m}": v for t in self.iou_types for m, v in self.last_results[t].items() if v is not None}
         self.log_dict(metrics, sync_dist=True)  # identical on every rank (broadcast)
-
-    def configure_optimizers(self):
-        s = self.cfg.schedule
-        plan = self.plan(self.trainer.world_size, self.trainer.accumulate_grad_batches)
-        other, norm = _batchnorm_split(self.detector)
-        optimizer = torch.optim.SGD([{"params": other, "weight_decay": s.weight_decay},
-                                     {"params": norm, "weight_decay": s.weight_decay_norm}],
-                                    lr=plan.lr, momentum=s.momentum)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, plan, s.warmup_factor))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def make_trainer(t: TrainerConfig, run_dir: Path, max_steps: int = -1, val_every_batches: int | None = None,

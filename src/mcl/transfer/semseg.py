@@ -32,7 +32,6 @@ import math
 import textwrap
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,7 +42,6 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from mcl.config import from_dict
 from mcl.engine.atomic import write_text_atomic
-from mcl.engine.checkpoints import atomic_torch_save
 from mcl.errors import UserError
 from mcl.models.backbone import make_resnet
 from mcl.transfer.coco_data import CocoDetection, _valid_segmentation, segmentation_to_mask
@@ -54,7 +52,8 @@ from mcl.transfer.detection import (
     freeze_modules,
     load_initial_weights,
 )
-from mcl.transfer.finetune_config import FinetuneConfig, lr_factor, resolve_schedule
+from mcl.transfer.finetune_base import FinetuneBase
+from mcl.transfer.finetune_config import FinetuneConfig
 
 IGNORE = 255          # class-map value that is neither trained nor scored (crowd regions)
 LEVELS = ("p2", "p3", "p4", "p5")
@@ -334,21 +333,10 @@ def write_semseg_results(out_dir: str | Path, results: dict, **extra) -> Path:
 
 # ---------------------------------------------------------------- fine-tuning (Lightning)
 
-def _norm_split(model: nn.Module) -> tuple[list, list]:
-    """Trainable parameters as (not in a norm layer, in a BatchNorm/GroupNorm) for separate weight decay."""
-    other, norm = [], []
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            if p.requires_grad:
-                (norm if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) else other).append(p)
-    return other, norm
-
-
-class SemsegFinetuneModule(L.LightningModule):
+class SemsegFinetuneModule(FinetuneBase):
     """Fine-tunes a ``SemanticFPN`` with per-pixel cross-entropy (``IGNORE`` left out) and scores mIoU.
 
-    Optimisation as ``DetectionFinetuneModule``: SGD (momentum, weight decay; ``weight_decay_norm`` on norm
-    layers), lr stepped per optimizer step by ``lr_factor`` from ``resolve_schedule``. Validation keeps each
+    Optimisation, frozen modules and the saved file: ``mcl.transfer.finetune_base.FinetuneBase``. Validation keeps each
     image's confusion matrix (sparse), gathers them from every process, keeps one per image id (samplers pad),
     sums them and writes ``semseg_metrics`` to ``eval_dir/results.json`` on rank 0.
     """
@@ -368,25 +356,11 @@ class SemsegFinetuneModule(L.LightningModule):
         self.last_eval_step = -1
         self._confusions: list = []
 
-    def train(self, mode: bool = True):
-        """As ``nn.Module.train``, but frozen modules stay in eval mode (their BatchNorm statistics fixed)."""
-        super().train(mode)
-        modules = dict(self.model.named_modules())
-        for name in getattr(self, "frozen", []):
-            modules[name].eval()
-        return self
-
-    def save_model(self, path: str | Path) -> Path:
-        """The weights and what rebuilds them (config, category ids and names), written atomically."""
-        path = Path(path)
-        atomic_torch_save({"hyper_parameters": dict(self.hparams), "state_dict": self.state_dict()}, path)
-        return path
+    def network(self) -> nn.Module:
+        return self.model
 
     def set_evaluation(self, eval_dir: str | Path, **extra) -> None:
         self.eval_dir, self.eval_extra = Path(eval_dir), extra
-
-    def plan(self, world_size: int, accumulate: int):
-        return resolve_schedule(self.cfg.schedule, self.cfg.data.batch_size * world_size * accumulate)
 
     def training_step(self, batch, batch_idx):
         images, maps, _ = batch
@@ -415,15 +389,8 @@ class SemsegFinetuneModule(L.LightningModule):
             nz = flat.nonzero()[:, 0]
             self._confusions.append((int(image_id), nz.cpu().tolist(), flat[nz].cpu().tolist()))
 
-    def _gather(self, items: list) -> list:
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            parts = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(parts, items)
-            return [x for part in parts for x in part]
-        return items
-
     def on_validation_epoch_end(self) -> None:
-        per_image = {i: (idx, counts) for i, idx, counts in self._gather(self._confusions)}  # a padded twin replaces
+        per_image = {i: (idx, counts) for i, idx, counts in self.gather(self._confusions)}  # a padded twin replaces
         self._confusions = []
         flat = torch.zeros(self.num_classes ** 2, dtype=torch.int64)
         for idx, counts in per_image.values():
@@ -442,13 +409,3 @@ class SemsegFinetuneModule(L.LightningModule):
             print(f"\nsemantic segmentation at step {self.global_step} ({len(per_image)} images):\n"
                   f"{format_semseg_table(results)}\nwritten to {self.eval_dir}", flush=True)
         self.log_dict({f"val/{m}": results[m] for m in METRICS if results[m] is not None}, sync_dist=True)
-
-    def configure_optimizers(self):
-        s = self.cfg.schedule
-        plan = self.plan(self.trainer.world_size, self.trainer.accumulate_grad_batches)
-        other, norm = _norm_split(self.model)
-        optimizer = torch.optim.SGD([{"params": other, "weight_decay": s.weight_decay},
-                                     {"params": norm, "weight_decay": s.weight_decay_norm}],
-                                    lr=plan.lr, momentum=s.momentum)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, plan, s.warmup_factor))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
