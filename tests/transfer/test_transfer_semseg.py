@@ -223,3 +223,20 @@ def test_a_json_without_annotations_is_one_line_exit_2(semseg_run, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and f"{path}: no usable training annotations" in err
     assert not (tmp_path / "x").exists()   # refused before any work
+
+
+def test_mcl_eval_scores_the_saved_model_as_the_run_did_and_it_initialises_a_detector(semseg_run, tmp_path, capsys):
+    """``semseg.pt`` is scored again by ``mcl eval`` (the same val set: the same confusion) and, as ``--init``,
+    gives a detector its body and FPN."""
+    from mcl.transfer.detection import build_detector, load_initial_weights
+
+    run, rc, _ = semseg_run
+    assert rc == 0
+    assert main(["eval", str(run / "semseg.pt"), "--out", str(tmp_path / "eval"), "--num-workers", "0"]) == 0
+    assert "semantic segmentation at step" in capsys.readouterr().out
+    again = json.loads((tmp_path / "eval" / "results.json").read_text())
+    during = json.loads((run / "eval" / "results.json").read_text())
+    assert again["confusion"] == during["confusion"] and again["mIoU"] == during["mIoU"]
+    report = load_initial_weights(build_detector("resnet18", 3, fpn_channels=32), str(run / "semseg.pt"))
+    assert report.loaded["backbone.body"] == (120, 120) and report.loaded["backbone.fpn"] == (48, 48)
+    assert report.loaded["roi_heads.box_head"][0] == 0

@@ -263,7 +263,7 @@ def read_init_state_dict(path: Path, fmt: str = "torchvision-maskrcnn") -> tuple
         or _tensor_dict(obj)
     if state is None:
         raise UserError(f"init file {path} holds no state dict (expected tensors, or a dict with 'state_dict')")
-    state = _strip(_strip(state, "module."), "detector.")
+    state = _strip(_strip(_strip(state, "module."), "detector."), "model.")   # DDP, detector.pt, semseg.pt
     if "conv1.weight" in state and any(k.startswith("layer1.") for k in state):
         return state, "backbone.body.", f"ResNet state dict {path} (-> backbone.body)"
     return state, "", f"detector state dict {path}"
@@ -414,22 +414,7 @@ class DetectionFinetuneModule(FinetuneBase):
         self.last_eval_step = -1
         self._predictions: list = []
 
-    @classmethod
-    def from_file(cls, path: str | Path) -> DetectionFinetuneModule:
-        """A fine-tuned detector from ``mcl finetune``'s ``detector.pt`` or one of its Lightning checkpoints."""
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"detector checkpoint not found: {path} (give RUN_DIR/detector.pt or a .ckpt)")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"cannot read {path} as a checkpoint: {str(exc).splitlines()[0]}") from None
-        if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
-            raise UserError(f"{path} is not an mcl finetune checkpoint (no hyper_parameters/state_dict); "
-                            f"give RUN_DIR/detector.pt")
-        module = cls(**ckpt["hyper_parameters"])
-        module.load_state_dict(ckpt["state_dict"])
-        return module
+    TASK = "detection"
 
     def network(self) -> nn.Module:
         return self.detector

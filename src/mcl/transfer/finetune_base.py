@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mcl.engine.checkpoints import atomic_torch_save
+from mcl.errors import UserError
 from mcl.transfer.finetune_config import ResolvedSchedule, lr_factor, resolve_schedule
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
@@ -35,6 +36,7 @@ def norm_split(model: nn.Module) -> tuple[list, list]:
 class FinetuneBase(L.LightningModule):
     """A fine-tuned network with ``cfg`` (a ``FinetuneConfig``) and ``frozen`` (module names kept frozen)."""
 
+    TASK: str                    # the file's mcl_task: "detection" or "semseg"
     cfg: object
     frozen: list[str]
 
@@ -53,8 +55,35 @@ class FinetuneBase(L.LightningModule):
     def save(self, path: str | Path) -> Path:
         """The weights and what rebuilds them (the constructor's arguments), written atomically."""
         path = Path(path)
-        atomic_torch_save({"hyper_parameters": dict(self.hparams), "state_dict": self.state_dict()}, path)
+        atomic_torch_save({"hyper_parameters": dict(self.hparams), "state_dict": self.state_dict(),
+                           "mcl_task": self.TASK}, path)
         return path
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> FinetuneBase:
+        """The fine-tuned module saved by ``mcl finetune`` (``detector.pt``, ``semseg.pt``) or one of its
+        Lightning checkpoints, as the class of its task (files without ``mcl_task`` are detectors)."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"fine-tuned model not found: {path} (give RUN_DIR/detector.pt, RUN_DIR/semseg.pt "
+                            f"or a .ckpt)")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"cannot read {path} as a checkpoint: {str(exc).splitlines()[0]}") from None
+        if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+            raise UserError(f"{path} is not an mcl finetune checkpoint (no hyper_parameters/state_dict); "
+                            f"give RUN_DIR/detector.pt or RUN_DIR/semseg.pt")
+        from mcl.transfer.detection import DetectionFinetuneModule  # both import this module
+        from mcl.transfer.semseg import SemsegFinetuneModule
+
+        task = ckpt.get("mcl_task") or ckpt["hyper_parameters"].get("config", {}).get("task", "detection")
+        kind = {"detection": DetectionFinetuneModule, "semseg": SemsegFinetuneModule}[task]
+        if cls is not FinetuneBase and not issubclass(kind, cls):
+            raise UserError(f"{path} holds a {task} model, not a {cls.TASK} one")
+        module = kind(**ckpt["hyper_parameters"])
+        module.load_state_dict(ckpt["state_dict"])
+        return module
 
     def plan(self, world_size: int, accumulate: int) -> ResolvedSchedule:
         return resolve_schedule(self.cfg.schedule, self.cfg.data.batch_size * world_size * accumulate)

@@ -356,6 +356,8 @@ class SemsegFinetuneModule(FinetuneBase):
         self.last_eval_step = -1
         self._confusions: list = []
 
+    TASK = "semseg"
+
     def network(self) -> nn.Module:
         return self.model
 
