@@ -229,3 +229,20 @@ def test_keypoint_ap_is_one_for_the_ground_truth_and_low_for_shifted_points(tmp_
     assert coco_evaluate(gt, exact, ("keypoints",))["keypoints"]["AP"] == pytest.approx(1.0)
     shifted = [dict(p, keypoints=[v + 15 * (i % 3 != 2) for i, v in enumerate(p["keypoints"])]) for p in exact]
     assert coco_evaluate(gt, shifted, ("keypoints",))["keypoints"]["AP"] < 0.2
+
+
+@pytest.mark.parametrize("fmt", ("torchvision-resnet", "torchvision-maskrcnn"))
+def test_a_body_tensor_missing_or_mis_shaped_names_it_and_writes_nothing(tiny_checkpoint, fmt, tmp_path, capsys):
+    ckpt = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    state = ckpt["state_dict"]
+    missing = {k: v for k, v in state.items() if k != "model.online.backbone.body.layer4.1.bn2.weight"}
+    reshaped = dict(state, **{"model.online.backbone.body.layer2.0.conv1.weight": torch.zeros(128, 64, 1, 1)})
+    for name, body, words in (("missing", missing, "closest resnet18, but layer4.1.bn2.weight is missing"),
+                              ("shape", reshaped, "layer2.0.conv1.weight has shape (128, 64, 1, 1), resnet18 has "
+                                                  "(128, 64, 3, 3)")):
+        torch.save(dict(ckpt, state_dict=body), tmp_path / f"{name}.ckpt")
+        out = tmp_path / f"{name}.pth"
+        assert main(["export", str(tmp_path / f"{name}.ckpt"), "--format", fmt, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "nothing was written" in err and err.count("\n") == 1, err
+        assert not out.exists()

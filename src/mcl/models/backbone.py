@@ -59,10 +59,29 @@ def identify_resnet(state) -> str | None:
                    and (k == marker or k[-len(marker) - 1] == ".")), None)
     if prefix is None:
         return None
-    parts = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
-    body = {k[len(prefix):]: tuple(v.shape) for k, v in state.items()
-            if k.startswith(prefix) and k[len(prefix):].startswith(parts) and not k.endswith("num_batches_tracked")}
+    body = _body_of(state, prefix)
     return next((arch for arch in RESNET_CHANNELS if _body_shapes(arch) == body), None)
+
+
+def _body_of(state, prefix: str) -> dict[str, tuple[int, ...]]:
+    parts = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+    return {k[len(prefix):]: tuple(v.shape) for k, v in state.items()
+            if k.startswith(prefix) and k[len(prefix):].startswith(parts) and not k.endswith("num_batches_tracked")}
+
+
+def closest_resnet(state, prefix: str) -> tuple[str, str]:
+    """For a body that is no torchvision ResNet: the arch it differs least from (keys missing, extra or of another
+    shape) and its first difference, as text (``layer4.1.bn2.weight is missing``)."""
+    body = _body_of(state, prefix)
+
+    def differences(arch: str) -> list[str]:
+        want = _body_shapes(arch)
+        return ([f"{k} is missing" for k in want if k not in body]
+                + [f"{k} has shape {body[k]}, {arch} has {want[k]}" for k in want if k in body and body[k] != want[k]]
+                + [f"{k} is not in {arch}" for k in body if k not in want])
+
+    arch = min(RESNET_CHANNELS, key=lambda a: len(differences(a)))
+    return arch, differences(arch)[0]
 
 
 class ResNetFPN(nn.Module):

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from mcl.engine.atomic import write_atomic
 from mcl.errors import UserError
-from mcl.models.backbone import RESNET_CHANNELS, identify_resnet
+from mcl.models.backbone import closest_resnet, identify_resnet
 from mcl.transfer.detectron2_names import detectron2_config, to_detectron2
 from mcl.transfer.formats import BOX_HEAD_FORMATS, DEPTH_ONLY_FORMATS, DETECTOR_OF, FORMATS
 from mcl.transfer.mmdet_names import MMDET_FRESH, mmdet_config, to_mmdet
@@ -108,9 +108,9 @@ def infer_layout(state: dict[str, Tensor], encoder: str) -> Layout:
                         f"use --encoder online")
     arch = identify_resnet({k: v for k, v in state.items() if k.startswith(body)})
     if arch is None:
-        blocks = len({k.split(".")[5] for k in state if k.startswith(body + "layer3.")})
-        raise UserError(f"the checkpoint's ResNet ({blocks} blocks in layer3) is none of the torchvision ResNets "
-                        f"mcl builds ({', '.join(RESNET_CHANNELS)})")
+        closest, difference = closest_resnet(state, body)
+        raise UserError(f"the checkpoint's ResNet body is none of the torchvision ResNets mcl builds: closest "
+                        f"{closest}, but {difference}; nothing was written (the checkpoint is incomplete or altered)")
     fpn_key = f"model.{encoder}.backbone.fpn.layer_blocks.0.0.weight"
     fpn_channels = int(state[fpn_key].shape[0]) if fpn_key in state else None
     convs = {k.split(".")[4] for k in state if k.startswith(f"model.{encoder}.neck.convs.")}
