@@ -254,7 +254,8 @@ def test_finetune_overfits_four_scenes(tmp_path):
 
 
 def test_frozen_modules_get_no_update_and_keep_their_batchnorm_statistics():
-    from mcl.transfer.detection import DetectionFinetuneModule, freeze_modules
+    from mcl.transfer.detection import DetectionFinetuneModule
+    from mcl.transfer.finetune_base import freeze_modules
     from mcl.transfer.finetune_config import FinetuneConfig
 
     cfg = load_config(FinetuneConfig, None, [*TINY, "model.freeze=[backbone.body,roi_heads.box_head.0]"])

@@ -76,11 +76,10 @@ def resumed_method(args: argparse.Namespace, values: dict) -> str | None:
         return None
     from pathlib import Path
 
-    from mcl.engine.checkpoints import load_checkpoint, newest_valid_checkpoint
-    from mcl.methods import method_of_checkpoint
+    from mcl.methods import resume_point
 
-    found = newest_valid_checkpoint(Path(out), warn=lambda *_: None)
-    return method_of_checkpoint(load_checkpoint(found)) if found else None
+    found = resume_point(Path(out), warn=lambda *_: None)
+    return found[1] if found else None
 
 
 def run(args: argparse.Namespace, extra: list[str], method: str | None = None) -> int:

@@ -47,14 +47,20 @@ def load_checkpoint(path: str | Path) -> dict:
     return data
 
 
-def newest_valid_checkpoint(run_dir: Path, warn=print) -> Path | None:
-    """``last.ckpt`` or the newest ``*.ckpt`` that loads and is ours; None when the folder has none."""
+def newest_valid(run_dir: Path, warn=print) -> tuple[Path, dict] | None:
+    """``last.ckpt`` or the newest ``*.ckpt`` that loads and is ours, with what it holds; None when the folder
+    has none."""
     candidates = sorted(Path(run_dir).glob("*.ckpt"), key=lambda p: (p.name == "last.ckpt", p.stat().st_mtime),
                         reverse=True)
     for path in candidates:
         try:
-            load_checkpoint(path)
-            return path
+            return path, load_checkpoint(path)
         except UserError as exc:
             warn(f"skipping {exc}")
     return None
+
+
+def newest_valid_checkpoint(run_dir: Path, warn=print) -> Path | None:
+    """The path of :func:`newest_valid`'s checkpoint, or None."""
+    found = newest_valid(run_dir, warn)
+    return found[0] if found else None

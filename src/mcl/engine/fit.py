@@ -21,20 +21,21 @@ def fit(cfg, module, datamodule, resume: bool) -> int:
     ``--resume`` command and returns 0. Too many non-finite steps raise ``NonFiniteError`` (exit 2).
     """
     from mcl.config import save_yaml
-    from mcl.engine.checkpoints import newest_valid_checkpoint
     from mcl.engine.nonfinite import NonFiniteMonitor
     from mcl.engine.preemption import GracefulStop
     from mcl.engine.summary import RunSummary
     from mcl.engine.trainer import build_trainer
     from mcl.errors import UserError
+    from mcl.methods import resume_point
     from mcl.probes.online import online_probe
 
     run_dir = Path(cfg.trainer.out)
     ckpt_path = None
     if resume:
-        ckpt_path = newest_valid_checkpoint(run_dir)
-        if ckpt_path is not None:
-            check_same_method(ckpt_path, module)
+        found = resume_point(run_dir)
+        if found is not None:
+            ckpt_path, written_by = found
+            check_same_method(ckpt_path, written_by, module)
         print(f"resuming from {ckpt_path}" if ckpt_path else f"--resume: no checkpoint in {run_dir} yet, "
               f"starting a new run there", flush=True)
     elif run_dir.is_dir() and any(run_dir.glob("*.ckpt")):
@@ -60,13 +61,10 @@ def fit(cfg, module, datamodule, resume: bool) -> int:
     return 0
 
 
-def check_same_method(checkpoint: Path, module) -> None:
-    """Refuse to resume a run of one method with another's recipe (one line naming both)."""
-    from mcl.engine.checkpoints import load_checkpoint
+def check_same_method(checkpoint: Path, written_by: str, module) -> None:
+    """Refuse to resume a run of method ``written_by`` with another method's recipe (one line naming both)."""
     from mcl.errors import UserError
-    from mcl.methods import method_of_checkpoint
 
-    written_by = method_of_checkpoint(load_checkpoint(checkpoint))
     if written_by != module.NAME:
         raise UserError(f"{checkpoint} was written by method {written_by}, but this recipe is method {module.NAME}: "
                         f"resume with the run's own recipe ({checkpoint.parent / 'config.yaml'})")

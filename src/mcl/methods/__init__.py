@@ -8,6 +8,9 @@ docs/contributing.md says how to add one.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from mcl.engine.checkpoints import newest_valid
 from mcl.errors import UserError
 from mcl.methods.base import PretrainBase
 from mcl.methods.mcl import MCLPretrainModule
@@ -31,3 +34,10 @@ def method_of_checkpoint(checkpoint: dict) -> str:
     """The method a pretraining checkpoint was written by: its ``mcl_method`` tag (checkpoints of MCL written
     before the tag existed have none: ``mcl``)."""
     return checkpoint.get("mcl_method", DEFAULT_METHOD)
+
+
+def resume_point(run_dir: Path, warn=print) -> tuple[Path, str] | None:
+    """The newest valid checkpoint of a run folder and the method that wrote it, read once (the checkpoint's
+    tensors are not kept); None when the folder has none."""
+    found = newest_valid(run_dir, warn)
+    return (found[0], method_of_checkpoint(found[1])) if found else None

@@ -148,7 +148,6 @@ class MCLPretrainModule(PretrainBase):
     def __init__(self, config: dict):
         super().__init__(config)
         self.views_on_device = build_device_views(self.cfg)     # data.augment_on=device: crops made in the step
-        self._momentum = cosine_momentum(0, 1, self.cfg.model.momentum_base)
 
     @classmethod
     def build_model(cls, cfg: MCLConfig) -> MCL:

@@ -26,13 +26,13 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from mcl.errors import UserError
+from mcl.models.backbone import identify_resnet
 from mcl.transfer.detection import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_detector,
     load_initial_weights,
     read_init_state_dict,
-    resnet_name,
 )
 
 HEAD_CONVS = 4
@@ -61,7 +61,7 @@ def read_layout(init: str | None) -> InitLayout:
     keys = {prefix + k: v for k, v in state.items()}
     fpn = keys.get("backbone.fpn.layer_blocks.0.0.weight")
     heads = {k.split(".")[2] for k in keys if k.startswith("roi_heads.box_head.") and k.split(".")[2] in "0123"}
-    return InitLayout(resnet_name(keys), int(fpn.shape[0]) if fpn is not None else None, len(heads))
+    return InitLayout(identify_resnet(keys), int(fpn.shape[0]) if fpn is not None else None, len(heads))
 
 
 class FrozenEncoder(nn.Module):

@@ -71,6 +71,16 @@ class MultiScaleTransform(GeneralizedRCNNTransform):
         return super().resize(image, target)
 
 
+def bn_fpn_backbone(body: nn.Module, fpn_channels: int) -> BackboneWithFPN:
+    """``maskrcnn_resnet50_fpn_v2``'s backbone around a torchvision ResNet ``body``: C2..C5 into an FPN with
+    BatchNorm of width ``fpn_channels`` (outputs ``"0".."3"`` = P2..P5 and ``"pool"`` = P6, a max-pool of P5)."""
+    if fpn_channels == 256:
+        return _resnet_fpn_extractor(body, 5, norm_layer=nn.BatchNorm2d)
+    layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
+    widths = [body.inplanes // 8 * 2 ** k for k in range(4)]  # C2..C5 channels: inplanes = C5's
+    return BackboneWithFPN(body, layers, widths, fpn_channels, LastLevelMaxPool(), norm_layer=nn.BatchNorm2d)
+
+
 def _v2_layout(body: nn.Module, num_classes: int, with_masks: bool, fpn_channels: int = 256, keypoints: int = 0,
                **kwargs) -> nn.Module:
     """``maskrcnn_resnet50_fpn_v2``'s construction around any torchvision ResNet ``body`` (with ``keypoints`` > 0:
@@ -79,12 +89,7 @@ def _v2_layout(body: nn.Module, num_classes: int, with_masks: bool, fpn_channels
     ``fpn_channels`` C sets the FPN width and, with it, every head conv (RPN, the 4 box-head convs, the
     4 mask-head convs): C = 256 is torchvision's and the paper's; the box head's fc stays 1024.
     """
-    if fpn_channels == 256:
-        backbone = _resnet_fpn_extractor(body, 5, norm_layer=nn.BatchNorm2d)
-    else:
-        layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
-        widths = [body.inplanes // 8 * 2 ** k for k in range(4)]  # C2..C5 channels: inplanes = C5's
-        backbone = BackboneWithFPN(body, layers, widths, fpn_channels, LastLevelMaxPool(), norm_layer=nn.BatchNorm2d)
+    backbone = bn_fpn_backbone(body, fpn_channels)
     c = backbone.out_channels
     anchors = kwargs.pop("rpn_anchor_generator", None) or _default_anchorgen()
     rpn_head = RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=2)
@@ -292,7 +297,7 @@ def load_initial_weights(model: nn.Module, init: str | None, parts: list[str] | 
         return InitReport("random init (no weights loaded)", {p: (0, totals[p]) for p in (*REPORT_PARTS, "other")},
                           random_init=list(own))
     if init == "torchvision":
-        path = local_torchvision_weights(resnet_name(own))
+        path = local_torchvision_weights(identify_resnet(own))
     else:
         path = Path(init)
     if not path.is_file():
@@ -300,7 +305,7 @@ def load_initial_weights(model: nn.Module, init: str | None, parts: list[str] | 
                         f"or a ResNet file)")
     fmt = next(f for f, k in DETECTOR_OF.items() if k == kind)
     state, prefix, source = read_init_state_dict(path, fmt)
-    arch, file_arch = resnet_name(own), resnet_name(state)
+    arch, file_arch = identify_resnet(own), identify_resnet(state)
     if file_arch and arch and file_arch != arch:
         raise UserError(f"init file {path} holds a {file_arch} body but the detector is a {arch}: "
                         f"set model.arch={file_arch} or give a {arch} file")
@@ -342,26 +347,7 @@ def load_initial_weights(model: nn.Module, init: str | None, parts: list[str] | 
     return report
 
 
-def resnet_name(state) -> str | None:
-    """The torchvision ResNet (``resnet50``, ``resnext50_32x4d``, ...) whose body tensors ``state`` holds, under
-    any prefix; None if it holds none we build (``mcl.models.backbone.identify_resnet``)."""
-    return identify_resnet(state)
-
-
 # ---------------------------------------------------------------- fine-tuning (Lightning)
-
-def freeze_modules(model: nn.Module, prefixes: list[str]) -> None:
-    """Stop gradients to every parameter under the module names ``prefixes`` (e.g. ``backbone.body``,
-    ``roi_heads.box_head.0``) and put those modules in eval mode (the caller keeps them there: ``train()``).
-    A prefix that names no module is an error."""
-    modules = dict(model.named_modules())
-    for prefix in prefixes:
-        if prefix not in modules:
-            close = sorted(n for n in modules if n.count(".") <= 2)[:12]
-            raise UserError(f"model.freeze: {prefix!r} names no module of the detector (e.g. {', '.join(close[1:])})")
-        modules[prefix].requires_grad_(False)
-        modules[prefix].eval()
-
 
 def expected_world_size(t: TrainerConfig) -> int:
     """Processes the Trainer will run (nodes x devices), known before it is built so the schedule can be."""
@@ -388,6 +374,8 @@ class DetectionFinetuneModule(FinetuneBase):
     on rank 0 against ``val_gt`` and writes the table, ``results.json`` and prediction files to ``eval_dir``.
     """
 
+    TASK = "detection"
+
     def __init__(self, config: dict, category_ids: list[int], category_names: list[str], with_masks: bool,
                  num_keypoints: int = 0):
         super().__init__()
@@ -405,16 +393,9 @@ class DetectionFinetuneModule(FinetuneBase):
             rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
             box_batch_size_per_image=m.box_batch_size_per_image, box_detections_per_img=m.box_detections_per_img,
             box_score_thresh=m.box_score_thresh, anchor_sizes=m.anchor_sizes, fpn_channels=m.fpn_channels)
-        self.frozen = list(m.freeze or [])
-        freeze_modules(self.detector, self.frozen)
+        self.start()
         self.val_gt = None
-        self.eval_dir: Path | None = None
-        self.eval_extra: dict = {}
-        self.last_results: dict | None = None
-        self.last_eval_step = -1
         self._predictions: list = []
-
-    TASK = "detection"
 
     def network(self) -> nn.Module:
         return self.detector

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import re
 
+from mcl.transfer.formats import DEPTHS, PIXEL_MEAN, PIXEL_STD
+
 # (pattern on the torchvision name, detectron2 replacement); the first match wins.
 _RULES: list[tuple[re.Pattern, str]] = [(re.compile(p), r) for p, r in [
     (r"^backbone\.body\.conv1\.(\w+)$", r"backbone.bottom_up.stem.conv1.\1"),
@@ -55,9 +57,6 @@ def to_detectron2(name: str) -> str | None:
     raise KeyError(f"no detectron2 name for {name!r}")
 
 
-DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
-PIXEL_MEAN = [123.675, 116.28, 103.53]   # ImageNet mean x 255, RGB order
-PIXEL_STD = [58.395, 57.12, 57.375]      # ImageNet std x 255, RGB order
 
 
 def detectron2_config(arch: str, fpn_channels: int, weights: str) -> str:

@@ -48,7 +48,7 @@ from mcl.engine.atomic import write_atomic
 from mcl.errors import UserError
 from mcl.models.backbone import closest_resnet, identify_resnet
 from mcl.transfer.detectron2_names import detectron2_config, to_detectron2
-from mcl.transfer.formats import BOX_HEAD_FORMATS, DEPTH_ONLY_FORMATS, DETECTOR_OF, FORMATS
+from mcl.transfer.formats import BOX_HEAD_FORMATS, DEPTH_ONLY_FORMATS, DEPTHS, DETECTOR_OF, FORMATS
 from mcl.transfer.mmdet_names import MMDET_FRESH, mmdet_config, to_mmdet
 
 ENCODERS = ("online", "target")
@@ -252,7 +252,11 @@ def _usage(report: ExportReport, out: str) -> str:
                 f"model.load_state_dict(torch.load({out!r}), strict=False)\n"
                 f"or: mcl finetune --init CKPT (converts on the fly)")
     if fmt == "semantic-fpn":
-        return (f"model = mcl.transfer.semseg.SemanticFPN({arch!r}, K + 1, {report.fpn_channels}, 128, 'bn')\n"
+        from mcl.transfer.finetune_config import ModelConfig
+
+        head = ModelConfig()
+        return (f"model = mcl.transfer.semseg.SemanticFPN({arch!r}, K + 1, {report.fpn_channels}, "
+                f"{head.semseg_head_channels}, {head.semseg_head_norm!r})\n"
                 f"model.load_state_dict(torch.load({out!r}), strict=False)\n"
                 f"or: mcl finetune --task semseg --init CKPT (converts on the fly)")
     if fmt == "mmdet":
@@ -275,7 +279,7 @@ def convert_checkpoint(path, fmt: str, encoder: str = "online") -> tuple[dict, E
         raise UserError(f"encoder {encoder!r} is unknown: choose online or target")
     state = read_checkpoint(path)
     layout = infer_layout(state, encoder)
-    if fmt in DEPTH_ONLY_FORMATS and layout.arch not in ("resnet18", "resnet34", "resnet50", "resnet101"):
+    if fmt in DEPTH_ONLY_FORMATS and layout.arch not in DEPTHS:
         raise UserError(f"--format {fmt} writes plain ResNets 18-101 (its config names only a depth); the checkpoint "
                         f"holds a {layout.arch}: export it with a torchvision format")
     items = plan(state, fmt, encoder, layout)

@@ -33,6 +33,19 @@ def norm_split(model: nn.Module) -> tuple[list, list]:
     return other, norm
 
 
+def freeze_modules(model: nn.Module, prefixes: list[str]) -> None:
+    """Stop gradients to every parameter under the module names ``prefixes`` (e.g. ``backbone.body``,
+    ``roi_heads.box_head.0``) and put those modules in eval mode (the caller keeps them there: ``train()``).
+    A prefix that names no module is an error."""
+    modules = dict(model.named_modules())
+    for prefix in prefixes:
+        if prefix not in modules:
+            close = sorted(n for n in modules if n.count(".") <= 2)[:12]
+            raise UserError(f"model.freeze: {prefix!r} names no module of the detector (e.g. {', '.join(close[1:])})")
+        modules[prefix].requires_grad_(False)
+        modules[prefix].eval()
+
+
 class FinetuneBase(L.LightningModule):
     """A fine-tuned network with ``cfg`` (a ``FinetuneConfig``) and ``frozen`` (module names kept frozen)."""
 
@@ -43,6 +56,15 @@ class FinetuneBase(L.LightningModule):
     def network(self) -> nn.Module:
         """The module being fine-tuned (its names are what ``model.freeze`` names)."""
         raise NotImplementedError
+
+    def start(self) -> None:
+        """Once ``network()`` is built: freeze ``model.freeze``, and no evaluation yet."""
+        self.frozen = list(self.cfg.model.freeze or [])
+        freeze_modules(self.network(), self.frozen)
+        self.eval_dir: Path | None = None
+        self.eval_extra: dict = {}
+        self.last_results: dict | None = None
+        self.last_eval_step = -1
 
     def train(self, mode: bool = True):
         """As ``nn.Module.train``, but frozen modules stay in eval mode (their BatchNorm statistics fixed)."""

@@ -10,3 +10,7 @@ BOX_HEAD_FORMATS = ("torchvision-maskrcnn", "torchvision-fasterrcnn", "torchvisi
                     "mmdet")
 # frameworks whose config names a ResNet by depth only: plain ResNets 18-101 (ResNeXt, wide and 152: torchvision)
 DEPTH_ONLY_FORMATS = ("detectron2", "mmdet")
+DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+# what their configs set for our weights: torchvision's ImageNet mean / std in 0-255 units, RGB order
+PIXEL_MEAN = [123.675, 116.28, 103.53]
+PIXEL_STD = [58.395, 57.12, 57.375]

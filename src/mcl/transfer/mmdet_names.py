@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import re
 
+from mcl.transfer.formats import DEPTHS, PIXEL_MEAN, PIXEL_STD
+
 # (pattern on the torchvision name, mmdetection replacement); the first match wins.
 _RULES: list[tuple[re.Pattern, str]] = [(re.compile(p), r) for p, r in [
     (r"^backbone\.body\.((?:conv1|bn1)\.\w+)$", r"backbone.\1"),
@@ -80,9 +82,6 @@ def to_mmdet(name: str, counters: bool = True) -> str | None:
     raise KeyError(f"no mmdetection name for {name!r}")
 
 
-DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
-PIXEL_MEAN = [123.675, 116.28, 103.53]   # ImageNet mean x 255, RGB order
-PIXEL_STD = [58.395, 57.12, 57.375]      # ImageNet std x 255, RGB order
 
 
 def mmdet_config(arch: str, fpn_channels: int, weights_path: str) -> str:

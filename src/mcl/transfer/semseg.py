@@ -37,8 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, _resnet_fpn_extractor
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
 from mcl.config import from_dict
 from mcl.engine.atomic import write_text_atomic
@@ -49,7 +48,7 @@ from mcl.transfer.detection import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     InitReport,
-    freeze_modules,
+    bn_fpn_backbone,
     load_initial_weights,
 )
 from mcl.transfer.finetune_base import FinetuneBase
@@ -63,17 +62,12 @@ METRICS = ("mIoU", "mIoU_fg", "pixel_acc")
 # ---------------------------------------------------------------- the model
 
 def fpn_backbone(arch: str, fpn_channels: int) -> BackboneWithFPN:
-    """ResNet ``arch`` + BN FPN of width ``fpn_channels``, built as ``detection._v2_layout`` builds the detectors'
-    (same keys and shapes as ``build_detector(arch, ..., fpn_channels=...).backbone``): outputs ``"0".."3"`` =
+    """ResNet ``arch`` + BN FPN of width ``fpn_channels``: the detectors' ``detection.bn_fpn_backbone`` (same keys
+    and shapes as ``build_detector(arch, ..., fpn_channels=...).backbone``): outputs ``"0".."3"`` =
     P2..P5 ``(B, C, H/4 .. H/32, ...)`` and ``"pool"`` (P6, unused here)."""
     if fpn_channels < 1:
         raise UserError(f"model.fpn_channels {fpn_channels}: give a positive width (256 is the paper's)")
-    body = make_resnet(arch)
-    if fpn_channels == 256:
-        return _resnet_fpn_extractor(body, 5, norm_layer=nn.BatchNorm2d)
-    layers = {f"layer{k}": str(k - 1) for k in range(1, 5)}
-    widths = [body.inplanes // 8 * 2 ** k for k in range(4)]  # C2..C5 channels: inplanes = C5's
-    return BackboneWithFPN(body, layers, widths, fpn_channels, LastLevelMaxPool(), norm_layer=nn.BatchNorm2d)
+    return bn_fpn_backbone(make_resnet(arch), fpn_channels)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -341,6 +335,8 @@ class SemsegFinetuneModule(FinetuneBase):
     sums them and writes ``semseg_metrics`` to ``eval_dir/results.json`` on rank 0.
     """
 
+    TASK = "semseg"
+
     def __init__(self, config: dict, category_ids: list[int], category_names: list[str]):
         super().__init__()
         self.save_hyperparameters()
@@ -348,15 +344,8 @@ class SemsegFinetuneModule(FinetuneBase):
         self.class_names = ["background", *category_names]
         self.num_classes = len(self.class_names)
         self.model = SemanticFPN.from_config(self.cfg, self.num_classes)
-        self.frozen = list(self.cfg.model.freeze or [])
-        freeze_modules(self.model, self.frozen)
-        self.eval_dir: Path | None = None
-        self.eval_extra: dict = {}
-        self.last_results: dict | None = None
-        self.last_eval_step = -1
+        self.start()
         self._confusions: list = []
-
-    TASK = "semseg"
 
     def network(self) -> nn.Module:
         return self.model
