@@ -43,7 +43,7 @@ GPU_PLAN = DemoPlan(
                         "input.max_size=512", "model.rpn_post_nms_top_n_train=300",
                         "model.box_batch_size_per_image=128", "data.num_workers=8", *GPU),
     probe_det_iterations=500,
-    probe_args=("--image-size", "256", "--max-pixels", "100000", "--device", "cuda",
+    probe_args=("--image-size", "256", "--max-pixels", "100000", "--device", "cuda", "--fpn-channels", "256",
                 "model.anchor_sizes=[16,32,64,128,256]", "data.batch_size=8", "schedule.reference_batch=8",
                 "input.train_min_sizes=[256]", "input.test_min_size=256", "input.max_size=512", *GPU),
 )

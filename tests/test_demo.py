@@ -6,7 +6,19 @@ import sys
 
 import pytest
 
-from mcl.demo import PLANS, aggregate, default_jobs, paired_gains, parse_methods, plot, render_table, seeds_from
+from mcl.demo import (
+    PLANS,
+    DemoPlan,
+    aggregate,
+    default_jobs,
+    fpn_widths,
+    paired_gains,
+    parse_methods,
+    plot,
+    render_table,
+    run_demo,
+    seeds_from,
+)
 from mcl.errors import UserError
 
 
@@ -109,10 +121,15 @@ def test_stages_run_side_by_side_and_each_fine_tune_follows_its_own_pretraining(
     monkeypatch.setattr(demo, "probe", lambda out, init, method, plan, seed, scenes, say, threads:
                         stage(f"probe_{method}", 0.05, {"init": init}))
     runs = demo.run_seed(tmp_path, PLANS["tiny"], 0, ("mcl", "moco", "random"), lambda _: None, jobs=2)
-    assert peak[0] == 2 and list(runs) == ["mcl", "moco", "random"]
+    assert peak[0] == 2 and list(runs) == ["mcl", "moco", "random", demo.CONTROL]
+    control = runs.pop(demo.CONTROL)
     assert {m: r["finetune"]["init"] for m, r in runs.items()} == {"mcl": "mcl", "moco": "moco", "random": "random"}
     assert {m: r["probe"]["init"] for m, r in runs.items()} == {"mcl": "mcl", "moco": "moco", "random": "random"}
+    # the positive control probes random init's fine-tuned detector, once that fine-tune has finished
+    assert set(control) == {"probe"}
+    assert control["probe"]["init"] == str(tmp_path / "seed0" / "finetune_random" / "detector.pt")
     order = [f"{kind}:{name}" for kind, name in events]
+    assert order.index("end:finetune_random") < order.index(f"start:probe_{demo.CONTROL}")
     for method in ("mcl", "moco"):
         assert order.index(f"end:pretrain_{method}") < order.index(f"start:finetune_{method}")
         assert order.index(f"end:pretrain_{method}") < order.index(f"start:probe_{method}")
@@ -135,7 +152,7 @@ def test_tiny_demo_runs_every_stage_reuses_them_and_repeats_exactly(tmp_path):
     first = _demo(tmp_path / "a")
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     summary = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert summary["methods"] == ["mcl", "random"] and summary["seeds"] == [0]
+    assert summary["methods"] == ["mcl", "random", "random_finetuned"] and summary["seeds"] == [0]
     assert summary["jobs"] == default_jobs() and set(summary["seed_elapsed_s"]) == {"0"}
     assert (tmp_path / "a" / "results.png").stat().st_size > 0
     assert "AP box" in (tmp_path / "a" / "results.md").read_text()
@@ -144,9 +161,12 @@ def test_tiny_demo_runs_every_stage_reuses_them_and_repeats_exactly(tmp_path):
     assert "reusing" not in first.stdout
 
     again = _demo(tmp_path / "a")
-    assert again.returncode == 0 and again.stdout.count("reusing") == 5     # pretrain + 2 probes + 2 fine-tunes
+    # pretrain + 2 probes + 2 fine-tunes + the control's probe
+    assert again.returncode == 0 and again.stdout.count("reusing") == 6
     assert summary["stages_reused"] == 0
-    assert json.loads((tmp_path / "a" / "results.json").read_text())["stages_reused"] == 5
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["stages_reused"] == 6
+    assert summary["methods"][-1] == "random_finetuned" and "finetune" not in runs["random_finetuned"]
+    assert "control: random init fine-tuned" in (tmp_path / "a" / "results.md").read_text()
     for method in ("mcl", "random"):
         probe = runs[method]["probe"]["results"]
         assert set(probe["segmentation"]) == {"fpn", "c5"} and "AP" in probe["detection"]["bbox"]
@@ -160,6 +180,20 @@ def test_tiny_demo_runs_every_stage_reuses_them_and_repeats_exactly(tmp_path):
         assert other[method]["probe"]["results"]["segmentation"] == runs[method]["probe"]["results"]["segmentation"]
         assert other[method]["finetune"]["results"] == runs[method]["finetune"]["results"]
         assert other[method]["finetune"]["final_loss"] == runs[method]["finetune"]["final_loss"]
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_every_stage_of_a_plan_builds_one_fpn_width(name):
+    assert set(fpn_widths(PLANS[name]).values()) == {64}
+
+
+def test_a_plan_whose_stages_disagree_on_the_fpn_width_is_refused_before_any_stage(tmp_path):
+    plan = DemoPlan("mixed", 1, 1, pretrain_overrides=("model.fpn_channels=256",),
+                    finetune_overrides=("model.fpn_channels=256",), probe_args=("--fpn-channels", "128"))
+    assert fpn_widths(plan) == {"pretrain": 256, "finetune": 256, "probe": 128}
+    with pytest.raises(UserError, match="different widths"):
+        run_demo(tmp_path / "out", plan, [0])
+    assert not (tmp_path / "out").exists()
 
 
 def test_plans_are_ordered_by_size():
@@ -178,6 +212,26 @@ def test_a_stage_is_reused_only_with_the_same_arguments(tmp_path):
     (tmp_path / "stage.json").write_text(json.dumps({"seconds": 1.0}))      # written before args were recorded
     assert demo._stage_record(tmp_path, args) is None
     assert demo._stage_record(tmp_path / "missing", args) is None
+
+
+def test_a_reused_stage_rereads_its_figures_from_its_files(tmp_path):
+    """A stage recorded before the demo read some figure (here: the any-class box AP) gets it from its files."""
+    import mcl.demo as demo
+
+    folder = tmp_path / "seed0" / "finetune_random"
+    (folder / "eval").mkdir(parents=True)
+    (folder / "eval" / "results.json").write_text(json.dumps({"bbox": {"AP": 0.1}, "bbox_any_class": {"AP": 0.3}}))
+    (folder / "stage.json").write_text(json.dumps({"args": ["a"], "seconds": 5.0, "results": {"bbox": {"AP": 0.1}}}))
+
+    def record_of(folder, seconds):
+        results = json.loads((folder / "eval" / "results.json").read_text())
+        return {"seconds": seconds, "results": results}
+
+    record = demo._stage(tmp_path, 0, "finetune_random", "finetune", ["a"], lambda _: None, None, record_of)
+    assert record["reused"] and record["seconds"] == 5.0 and record["results"]["bbox_any_class"]["AP"] == 0.3
+    (folder / "eval" / "results.json").unlink()                      # files gone: the saved record is kept
+    record = demo._stage(tmp_path, 0, "finetune_random", "finetune", ["a"], lambda _: None, None, record_of)
+    assert record["reused"] and record["results"] == {"bbox": {"AP": 0.1}}
 
 
 def test_equal_time_moco_follows_both_pretrainings_with_steps_scaled_by_their_times(tmp_path, monkeypatch):

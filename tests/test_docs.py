@@ -110,3 +110,16 @@ def test_every_method_section_a_docstring_cites_exists():
     missing = sorted(title for title in cited if not any(h.startswith(title) for h in headings))
     assert not missing, f"cited in docstrings but not a heading of docs/method.md: {missing}"
     assert not [p for p in (ROOT / "src").rglob("*.py") if "MCL-SPEC" in p.read_text()]   # the spec is not here
+
+
+def test_every_results_section_the_code_cites_exists():
+    """Comments and docstrings point at docs/results.md sections by title; each title starts a heading there."""
+    headings = [line.lstrip("#").strip() for line in (ROOT / "docs" / "results.md").read_text().splitlines()
+                if line.startswith("#")]
+    cited = set()
+    for folder in ("src", "benchmarks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            cited |= set(re.findall(r'docs/results\.md, "([^"]+)"', path.read_text()))
+    assert {"The regime", "Why MCL lost"} <= cited
+    missing = sorted(title for title in cited if not any(h.startswith(title) for h in headings))
+    assert not missing, f"cited in the code but not a heading of docs/results.md: {missing}"

@@ -3,20 +3,23 @@
 For each seed ``s``:
 
 1. **Pretraining data**: ``plan.unlabeled`` embedded synthetic scenes of seed ``1000 + s`` (no labels used).
-2. **Pretraining, equal budget**: MCL (recipe ``cpu_smoke`` with ``plan.pretrain_overrides``: FPN 128 wide,
+2. **Pretraining, equal budget**: MCL (recipe ``cpu_smoke`` with ``plan.pretrain_overrides``: FPN 64 wide,
    MoCo's SGD) and MoCo v2 (``moco_cpu_smoke`` with a 64-key queue) each run ``plan.pretrain_steps`` steps of
    32 images (equal epochs: the same unique images seen, the same number of optimizer steps, the same optimizer and lr);
    the wall-clock of each is recorded beside it (MCL's step encodes 8 crops per image, MoCo's 2, so MCL
    costs more per epoch; the table says how much). Opt-in (``--methods mcl,moco,moco_time,random``): MoCo v2
    again for **equal wall-clock**, ``steps x t_MCL / t_MoCo`` steps from the two measured pretraining times.
 3. **Probes** (``mcl probe``): each init's frozen features on the labelled scenes below: linear segmentation
-   (mIoU), RoI kNN / linear classification of the objects, and frozen-backbone detection (box AP after
-   ``plan.probe_det_iterations`` iterations of the heads alone).
+   (mIoU), RoI kNN / linear classification of the objects, and (not in the quick plan) frozen-backbone detection
+   (box AP after ``plan.probe_det_iterations`` iterations of the heads alone).
 4. **Transfer**: the same Mask R-CNN R18-FPN recipe (``finetune_cpu_smoke`` with ``plan.finetune_iterations``
-   iterations, scene-sized anchors, FPN and heads 128 wide, loaded convs rescaled to pre-BN variance 1:
+   iterations, lr 0.01, scene-sized anchors, FPN and heads 64 wide, loaded convs rescaled to pre-BN variance 1:
    ``model.rescale_init=unit_variance``) from each pretrained checkpoint and from
    random init, on labeled scenes (``plan.train`` scenes of seed ``s``) and scored with pycocotools on
    ``plan.val`` held-out scenes (seed ``s + 1``).
+5. **Positive control** (``plan.probe_control``): random init's fine-tuned detector, trained on those labels, is
+   probed like the inits (row ``CONTROL``): the probes must tell it from random init before their ranking of the
+   pretrained inits means anything.
 
 Stages run ``jobs`` at a time (default 2 on 2+ cores), each a subprocess with its share of the cores.
 
@@ -47,14 +50,18 @@ from mcl.engine.atomic import write_atomic, write_text_atomic
 from mcl.errors import UserError
 from mcl.probes.run import FIGURES, metric
 from mcl.stats import paired_t_test_p, sign_test_p
+from mcl.transfer.evaluate import ANY_CLASS
 
 METHODS = ("mcl", "moco", "random")                      # the default comparison: equal epochs
 EQUAL_TIME = "moco_time"                                # opt-in: MoCo v2 given MCL's pretraining wall-clock
 SUPERVISED = "supervised"                               # opt-in: supervised montage pretraining (scene labels)
+# the probes' positive control: random init's detector after its fine-tune (trained on the labelled scenes), probed
+# like the inits; a probe that cannot tell it from random init cannot be trusted to rank the inits either
+CONTROL = "random_finetuned"
 METHOD_LABELS = {"mcl": "MCL", "moco": "MoCo v2", EQUAL_TIME: "MoCo v2, MCL's time", SUPERVISED: "supervised montage",
-                 "random": "random init"}
+                 "random": "random init", CONTROL: "control: random init fine-tuned"}
 METRIC_COLUMNS = (("bbox", "AP"), ("segm", "AP"), ("bbox", "AP50"), ("segm", "AP50"), ("bbox", "APs"),
-                  ("bbox", "APm"), ("bbox", "APl"))
+                  ("bbox", "APm"), ("bbox", "APl"), (ANY_CLASS, "AP"))
 
 
 @dataclass(frozen=True)
@@ -74,14 +81,18 @@ class DemoPlan:
     finetune_overrides: tuple[str, ...] = ()
     probe_det_iterations: int = 300               # frozen-backbone detection in the probe stage
     probe_args: tuple[str, ...] = ()              # more ``mcl probe`` flags / frozen-detection overrides
+    probe_control: bool = True                    # also probe random init's fine-tuned detector (CONTROL)
 
 
 # Anchors scaled to the 128 px scenes (torchvision's 32..512 are sized for 800 px COCO images: with them
 # most objects here match no anchor, no proposal overlaps an object, and nothing is ever detected).
 SCENE_ANCHORS = "model.anchor_sizes=[8,16,32,64,128]"
-# FPN and head convs 128 wide instead of 256, in MCL's pretraining and in every fine-tune: the 4-conv box
-# and mask heads dominate a CPU fine-tuning step at 256 (0.95 s against 0.38 s per iteration on 2 cores).
-NARROW_FPN = "model.fpn_channels=128"
+# FPN and head convs 64 wide instead of 256, in MCL's pretraining, in every fine-tune and probe: the 4-conv box and
+# mask heads dominate a CPU fine-tuning step (0.95 s at 256 against 0.38 s at 128 per iteration on 2 cores; 0.20 s at
+# 64 against 0.33 s at 128 on one thread: benchmarks/finetune_step.py), and random init learned no slower per
+# iteration at 64 than at 128 (AP box 2.4 against 1.7 after 800 iterations), so 64 buys ~1.6x the iterations
+# (docs/results.md, "The regime").
+NARROW_FPN = "model.fpn_channels=64"
 # MCL with MoCo v2's optimizer at the same batch (SGD, lr 0.03 at 32 images): cpu_smoke's LARS lr 8 moves
 # the BatchNorm weights and biases (excluded from LARS adaptation, so stepped with the raw lr) so far in
 # 300 steps that ~10% of the channels never pass their ReLU, and every MCL init fine-tuned worse than
@@ -98,17 +109,29 @@ UNIT_VARIANCE_INIT = "model.rescale_init=unit_variance"
 # them): with 256, an image's own older key was often among its negatives and the loss stopped falling (5.25 ->
 # 5.21 over 300 steps; with 64: 4.07 -> 3.49, chance 4.17; docs/results.md). MoCo's 65,536 are 5% of ImageNet.
 DEMO_MOCO = ("model.queue_size=64", ONLINE_PROBE)
-DEMO_FINETUNE = (SCENE_ANCHORS, NARROW_FPN, UNIT_VARIANCE_INIT)
-# The probe stage's frozen detection: the fine-tune's anchors; nothing rescaled (the rescale keeps each conv + BN's
-# function and only changes how fast fine-tuning moves the weights, and frozen weights do not move)
-DEMO_PROBE = (SCENE_ANCHORS,)
+# lr 0.01 at batch 2, not finetune_cpu_smoke's 0.02: random init learned faster with it (AP box 0.6 / 2.1 after 400 /
+# 800 iterations, against 0.2 / 1.7 at 0.02 and 0.1 / 0.6 at 0.04; docs/results.md, "The regime")
+DEMO_LR = "schedule.base_lr=0.01"
+DEMO_FINETUNE = (SCENE_ANCHORS, NARROW_FPN, UNIT_VARIANCE_INIT, DEMO_LR)
+# The probe stage: the fine-tune's FPN width (for random init and MoCo's random FPN) and, for frozen detection, its
+# anchors; nothing rescaled (the rescale keeps each conv + BN's function and only changes how fast fine-tuning
+# moves the weights, and frozen weights do not move)
+DEMO_PROBE = ("--fpn-channels", "64", SCENE_ANCHORS)
+# The quick plan probes seg and roi only: frozen detection read AP 0.0-0.4 for every init at 300 iterations
+# (docs/results.md) and cost most of each probe stage; the full plan keeps it
+QUICK_PROBES = ("--probes", "seg,roi")
 
 PLANS = {
-    "full": DemoPlan("full", pretrain_steps=600, finetune_iterations=1600, pretrain_overrides=DEMO_MCL,
-                     moco_overrides=DEMO_MOCO, finetune_overrides=DEMO_FINETUNE, probe_det_iterations=600,
-                     probe_args=DEMO_PROBE),
-    "quick": DemoPlan("quick", pretrain_steps=300, finetune_iterations=800, pretrain_overrides=DEMO_MCL,
-                      moco_overrides=DEMO_MOCO, finetune_overrides=DEMO_FINETUNE, probe_args=DEMO_PROBE),
+    # 6,000 fine-tuning iterations: where random init passes 15 AP box (14.0 / 19.4 at 3,000 / 4,000 iterations,
+    # docs/results.md, "The regime"); not timed
+    "full": DemoPlan("full", pretrain_steps=600, finetune_iterations=6000, train=256, val=128,
+                     pretrain_overrides=DEMO_MCL, moco_overrides=DEMO_MOCO, finetune_overrides=DEMO_FINETUNE,
+                     probe_det_iterations=600, probe_args=DEMO_PROBE),
+    # 256 labelled scenes (not 64) and 128 held out (not 32): ~1,100 train and ~550 held-out objects, so that one
+    # detection moves AP by far less than a point; 2,000 iterations: what fits the 30 minutes at FPN 64
+    "quick": DemoPlan("quick", pretrain_steps=300, finetune_iterations=2000, train=256, val=128,
+                      pretrain_overrides=DEMO_MCL, moco_overrides=DEMO_MOCO, finetune_overrides=DEMO_FINETUNE,
+                      probe_args=(*DEMO_PROBE, *QUICK_PROBES)),
     # tests only: seconds, and the figures mean nothing
     "tiny": DemoPlan("tiny", pretrain_steps=3, finetune_iterations=4, unlabeled=64, train=4, val=2, scene_size=64,
                      pretrain_overrides=(*DEMO_MCL, "data.batch_size=32", "data.num_workers=0", "data.crop_size=32",
@@ -121,6 +144,19 @@ PLANS = {
                      probe_args=("--image-size", "64", "--max-pixels", "2000", "--steps", "10", *DEMO_PROBE,
                                  "input.train_min_sizes=[64]", "input.test_min_size=64", "input.max_size=96")),
 }
+
+
+def fpn_widths(plan: DemoPlan) -> dict[str, int | None]:
+    """The FPN width each stage of ``plan`` builds: MCL's pretraining, the fine-tunes and the probes (``None``: the
+    recipe's or probe's own default). They must agree for MCL's FPN and head convs to transfer, and for random init's
+    and MoCo v2's random FPN to be probed at the width the pretrained one has."""
+    def override(args) -> int | None:
+        values = [a.split("=", 1)[1] for a in args if a.startswith("model.fpn_channels=")]
+        return int(values[-1]) if values else None
+
+    flags = [plan.probe_args[i + 1] for i, a in enumerate(plan.probe_args[:-1]) if a == "--fpn-channels"]
+    return {"pretrain": override(plan.pretrain_overrides), "finetune": override(plan.finetune_overrides),
+            "probe": int(flags[-1]) if flags else None}
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -186,6 +222,10 @@ def _stage(out: Path, seed: int, stage: str, command: str, args: list[str], say,
     record = _stage_record(folder, args)
     if record:
         say(f"  reusing {folder} (done earlier with the same arguments)")
+        try:    # figures re-read from the stage's files: a newer demo may read more of them than was recorded
+            record = {**record, **record_of(folder, record["seconds"])}
+        except (OSError, KeyError, ValueError):
+            pass
         return {**record, "reused": True}
     shutil.rmtree(folder, ignore_errors=True)       # an interrupted or changed stage starts again from scratch
     seconds = _run(_mcl(command, *args), out / f"seed{seed}" / f"{stage}.log", say, threads)
@@ -235,8 +275,8 @@ def finetune(out: Path, init: str, name: str, plan: DemoPlan, seed: int, scenes:
     def record_of(folder: Path, seconds: float) -> dict:
         results = json.loads((folder / "eval" / "results.json").read_text())
         return {"init": init, "seconds": seconds, "iterations": plan.finetune_iterations,
-                "final_loss": results.get("train_loss_last"),
-                "results": {t: results[t] for t in ("bbox", "segm") if t in results}}
+                "detector": str(folder / "detector.pt"), "final_loss": results.get("train_loss_last"),
+                "results": {t: results[t] for t in ("bbox", "segm", ANY_CLASS) if t in results}}
 
     return _stage(out, seed, f"finetune_{name}", "finetune", args, say, threads, record_of)
 
@@ -324,6 +364,11 @@ def run_seed(out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say
             for future in done:
                 stage, method = pending.pop(future)
                 runs[method][stage] = future.result()  # a failed stage raises here; running ones finish first
+                if stage == "finetune" and method == "random" and plan.probe_control:
+                    runs[CONTROL] = {}
+                    detector = runs["random"]["finetune"].get("detector") or str(
+                        out / f"seed{seed}" / "finetune_random" / "detector.pt")
+                    pending[pool.submit(probe_stage, CONTROL, detector)] = ("probe", CONTROL)
                 if stage == "pretrain":
                     after_init(method, runs[method]["pretrain"]["checkpoint"])
                     if method in ("mcl", "moco") and EQUAL_TIME in methods and \
@@ -342,6 +387,11 @@ def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ..
 
     ``jobs`` stages run side by side, each with ``cpus // jobs`` threads (on 2 cores: two one-thread stages).
     """
+    widths = fpn_widths(plan)
+    if len(set(widths.values())) > 1:
+        raise UserError(f"demo plan {plan.name!r}: its stages build FPNs of different widths {widths}; give "
+                        f"model.fpn_channels=W to the pretraining and fine-tuning overrides and --fpn-channels W "
+                        f"to the probe")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     threads = max(1, _cpu_count() // jobs) if jobs > 1 else None
@@ -350,6 +400,7 @@ def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ..
         seed_start = time.perf_counter()
         per_seed[str(seed)] = run_seed(out, plan, seed, methods, say, jobs, threads)
         seed_seconds[str(seed)] = time.perf_counter() - seed_start
+    methods = (*methods, *([CONTROL] if any(CONTROL in runs for runs in per_seed.values()) else []))
     summary = {"schema": "mcl-demo/1", "plan": asdict(plan), "seeds": seeds, "methods": list(methods),
                "budget": "equal epochs: each pretraining method runs the same steps at the same batch (32)" +
                          ("; moco_time: MoCo v2 for MCL's measured pretraining wall-clock (steps x t_MCL / t_MoCo)"
@@ -379,14 +430,14 @@ def aggregate(per_seed: dict, methods) -> dict:
         entry = {}
         for key in (*(f"{t}/{m}" for t, m in METRIC_COLUMNS), *PROBE_METRICS):
             entry[key] = _mean_std([v for r in rows if (v := _figure(r, key)) is not None])
-        entry["finetune_s"] = _mean_std([r["finetune"]["seconds"] for r in rows])
+        entry["finetune_s"] = _mean_std([r["finetune"]["seconds"] for r in rows if "finetune" in r])
         if all("pretrain" in r for r in rows) and rows:
             entry["pretrain_s"] = _mean_std([r["pretrain"]["seconds"] for r in rows])
         agg[method] = entry
     return agg
 
 
-PAIRED_METRICS = ("bbox/AP", "segm/AP")
+PAIRED_METRICS = ("bbox/AP", "segm/AP", f"{ANY_CLASS}/AP")
 # the MCL overrides a supervised montage pretraining takes too (it has no predictors or MCL loss keys)
 SUPERVISED_KEYS = {"data.batch_size", "data.num_workers", "data.crop_size", "model.cell_size", "model.fpn_channels",
                    "montage.ratios", "montage.repeats", "loss.level_weights", "optim.name", "optim.base_lr",
@@ -454,7 +505,7 @@ def render_table(summary: dict, markdown: bool = False) -> str:
 
     n = len(summary["seeds"])
     headers = ["init", "AP box", "AP mask", "AP50 box", "AP50 mask", "APs box", "APm box", "APl box",
-               "pretrain min", "fine-tune min"]
+               "AP box any class", "pretrain min", "fine-tune min"]
 
     def cell(stat: dict, scale: float = 1.0, digits: int = 1) -> str:
         if stat is None or stat.get("mean") is None:
@@ -463,7 +514,7 @@ def render_table(summary: dict, markdown: bool = False) -> str:
         return text + (f" ± {stat['std'] * scale:.{digits}f}" if n > 1 else "")
 
     rows = []
-    for method in summary["methods"]:
+    for method in fine_tuned(summary):
         a = summary["aggregate"][method]
         rows.append([METHOD_LABELS[method]] + [cell(a[f"{t}/{m}"]) for t, m in METRIC_COLUMNS]
                     + [cell(a.get("pretrain_s"), 1 / 60), cell(a["finetune_s"], 1 / 60)])
@@ -474,7 +525,8 @@ def render_table(summary: dict, markdown: bool = False) -> str:
     title = (f"mcl demo ({plan['name']}): COCO AP (%) on {plan['val']} held-out synthetic scenes, "
              f"Mask R-CNN R18-FPN fine-tuned {plan['finetune_iterations']} iterations on {plan['train']} scenes; "
              f"pretraining {plan['pretrain_steps']} steps x 32 images on {plan['unlabeled']} unlabeled scenes "
-             f"({budget}); " + (f"mean ± std over seeds {summary['seeds']}" if n > 1
+             f"({budget}); AP box any class: the same boxes scored with every category pooled (the objects found, "
+             f"whatever their shape); " + (f"mean ± std over seeds {summary['seeds']}" if n > 1
                                     else f"seed {summary['seeds'][0]}"))
     text = (f"**{title}**\n\n" if markdown else f"{title}\n") + table(headers, rows, markdown)
     probes = [k for k in PROBE_METRICS if any(summary["aggregate"][m].get(k, {}).get("mean") is not None
@@ -484,13 +536,21 @@ def render_table(summary: dict, markdown: bool = False) -> str:
                       for m in summary["methods"]]
         probe_title = (f"Frozen-feature probes (%) on the same {plan['train']} / {plan['val']} labelled scenes "
                        f"(mcl probe: linear segmentation mIoU, RoI kNN / linear accuracy over 7 shapes, "
-                       f"frozen-backbone detection AP)")
+                       f"frozen-backbone detection AP)"
+                       + (f"; {METHOD_LABELS[CONTROL]}: random init's detector after its {plan['finetune_iterations']}"
+                          f" fine-tuning iterations on these labels, the positive control"
+                          if CONTROL in summary["methods"] else ""))
         text += ("\n\n" + (f"**{probe_title}**\n\n" if markdown else f"{probe_title}\n")
                  + table(["init"] + [PROBE_LABELS[k] for k in probes], probe_rows, markdown))
     paired = summary.get("paired_vs_random") or {}
     if n > 1 and paired:
         text += "\n\n" + render_paired(paired, markdown)
     return text
+
+
+def fine_tuned(summary: dict) -> list[str]:
+    """The summary's methods that have fine-tuning figures (all but the probe-only ``CONTROL``)."""
+    return [m for m in summary["methods"] if summary["aggregate"][m].get("finetune_s", {}).get("n")]
 
 
 def verdict(stat: dict) -> str:
@@ -515,7 +575,8 @@ def render_paired(paired: dict, markdown: bool = False) -> str:
         return (f"{stat['mean']:+.1f} ± {stat['std']:.1f}, wins {stat['wins']}/{stat['n']}, "
                 f"p = {stat['sign_test_p']:.2f} (sign)" + (f", {t_p:.3f} (t)" if t_p is not None else ""))
 
-    labels = {"bbox/AP": "AP box (fine-tuned)", "segm/AP": "AP mask (fine-tuned)", **PROBE_LABELS}
+    labels = {"bbox/AP": "AP box (fine-tuned)", "segm/AP": "AP mask (fine-tuned)",
+              f"{ANY_CLASS}/AP": "AP box, any class (fine-tuned)", **PROBE_LABELS}
     rows = [[METHOD_LABELS[method], labels[key], cell(stat), verdict(stat)]
             for method, entry in paired.items() for key, stat in entry.items() if stat.get("mean") is not None]
     title = ("Gain over random init within each seed (points; same scenes and seeds; p: one-sided sign test, the "
@@ -540,13 +601,14 @@ def plot(summary: dict, path: Path) -> Path:
     if probes:
         panels.append(("frozen-feature probes (%)", probes))
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
-    width = 0.8 / len(methods)
-    for ax, (ylabel, metrics) in zip(axes[0], panels):
-        for i, method in enumerate(methods):
+    for panel, (ax, (ylabel, metrics)) in enumerate(zip(axes[0], panels)):
+        shown = fine_tuned(summary) if panel == 0 else methods
+        width = 0.8 / len(shown)
+        for i, method in enumerate(shown):
             a = summary["aggregate"][method]
             means = [(a.get(k) or {}).get("mean") or 0.0 for k, _ in metrics]
             stds = [(a.get(k) or {}).get("std") or 0.0 for k, _ in metrics]
-            xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(metrics))]
+            xs = [j + (i - (len(shown) - 1) / 2) * width for j in range(len(metrics))]
             ax.bar(xs, means, width, yerr=stds if len(summary["seeds"]) > 1 else None, capsize=3,
                    label=METHOD_LABELS[method])
         ax.set_xticks(range(len(metrics)), [label for _, label in metrics], fontsize=8)

@@ -118,6 +118,17 @@ def test_gpu_check_skips_parts_once_its_deadline_has_passed(tmp_path):
     assert bad.returncode == 2 and bad.stdout == "DEADLINE=8min: must be whole seconds (the default is DEADLINE=470)\n"
 
 
+def test_gpu_demo_plan_builds_one_fpn_width_in_every_stage():
+    import importlib.util
+
+    from mcl.demo import fpn_widths
+
+    spec = importlib.util.spec_from_file_location("gpu_demo", ROOT / "benchmarks" / "gpu_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert set(fpn_widths(module.GPU_PLAN).values()) == {256}
+
+
 def test_gpu_demo_runs_its_stages_and_copies_its_results(tmp_path):
     """The GPU demo's wiring on the CPU (the demo's tiny plan): every stage, the table, the copies under
     --results and $OUT; without --tiny and without CUDA it refuses in one line."""
@@ -132,7 +143,7 @@ def test_gpu_demo_runs_its_stages_and_copies_its_results(tmp_path):
                          timeout=900, env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     summary = json.loads((tmp_path / "results" / "gpu-demo-cpu-tiny.json").read_text())
-    assert summary["methods"] == ["mcl", "random"] and "probe" in summary["per_seed"]["0"]["mcl"]
+    assert summary["methods"] == ["mcl", "random", "random_finetuned"] and "probe" in summary["per_seed"]["0"]["mcl"]
     assert {p.name for p in out_dir.iterdir()} == {f"gpu-demo-cpu-tiny.{s}" for s in ("json", "md", "png")}
     assert "seg mIoU FPN" in run.stdout and "AP box" in run.stdout
     refused = subprocess.run([sys.executable, "benchmarks/gpu_demo.py", "--out", str(tmp_path / "x")], cwd=ROOT,

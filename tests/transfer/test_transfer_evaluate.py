@@ -110,3 +110,22 @@ def test_written_predictions_rescore_to_the_same_values(tmp_path):
         evaluator = COCOeval(gt, gt.loadRes(str(tmp_path / "out" / f"predictions_{iou_type}.json")), iou_type)
         evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
         assert evaluator.stats[0] == pytest.approx(saved[iou_type]["AP"])
+
+
+def test_any_class_box_ap_pools_the_categories(tmp_path):
+    """Perfect boxes with every class swapped: box AP 0, the any-class box AP exactly 1; one category: no row."""
+    path = tmp_path / "two.json"
+    images = [{"id": i, "file_name": f"{i}.png", "width": 100, "height": 100} for i in (1, 2)]
+    boxes = {1: [(10, 10, 30, 30), (50, 50, 40, 40)], 2: [(5, 5, 60, 60), (70, 70, 25, 25)]}
+    anns = [{"id": len(boxes) * i + k, "image_id": i, "category_id": 1 + k, "bbox": list(b), "area": b[2] * b[3],
+             "iscrowd": 0} for i, bs in boxes.items() for k, b in enumerate(bs)]
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    swapped = [{"image_id": a["image_id"], "category_id": 3 - a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in anns]
+    results = coco_evaluate(path, swapped, ("bbox",))
+    assert results["bbox"]["AP"] == 0.0 and results["bbox_any_class"]["AP"] == pytest.approx(1.0)
+    assert "bbox, any class: AP 100.0" in format_table(results)
+    one = make_gt(tmp_path, [[(10, 10, 20, 20)]])
+    exact = [{"image_id": 1, "category_id": 5, "bbox": [10, 10, 20, 20], "score": 1.0}]
+    assert "bbox_any_class" not in coco_evaluate(one, exact, ("bbox",))

@@ -9,7 +9,8 @@ from mcl.errors import UserError
 
 NAME = "demo"
 HELP = ("The paper's comparison at toy scale: pretrain MCL and MoCo v2 (equal epochs), probe the frozen features "
-        "of each and of random init, fine-tune Mask R-CNN from each, print and save the tables and a bar chart.")
+        "of each and of random init, fine-tune Mask R-CNN from each, probe random init's fine-tuned detector as the "
+        "positive control, print and save the tables and a bar chart.")
 ACCEPTS_OVERRIDES = False
 
 
@@ -17,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="run folder (default runs/demo); stages already "
                                                            "complete in it are reused")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="shorter pretraining and fine-tuning")
+    size.add_argument("--quick", action="store_true", help="300 pretraining steps, 2,000 fine-tuning iterations, "
+                      "no frozen-detection probe (about 21 min on 2 cores)")
     size.add_argument("--tiny", action="store_true", help="seconds, for tests: the figures mean nothing")
     parser.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds and report mean ± std "
                                                              "(default 1)")

@@ -40,7 +40,7 @@ from mcl.config import from_dict
 from mcl.engine.checkpoints import AtomicCheckpointIO
 from mcl.errors import UserError
 from mcl.models.backbone import identify_resnet, make_resnet
-from mcl.transfer.evaluate import coco_evaluate, format_table, predictions_to_coco, write_results
+from mcl.transfer.evaluate import ANY_CLASS, coco_evaluate, format_table, predictions_to_coco, write_results
 from mcl.transfer.export import convert_checkpoint, group
 from mcl.transfer.finetune_base import FinetuneBase
 from mcl.transfer.finetune_config import FinetuneConfig, TrainerConfig
@@ -442,7 +442,8 @@ class DetectionFinetuneModule(FinetuneBase):
                   f"{format_table(results)}\nwritten to {self.eval_dir}", flush=True)
         self.last_results = self.trainer.strategy.broadcast(results, src=0)
         self.last_eval_step = self.global_step
-        metrics = {f"val/{t}_{m}": v for t in self.iou_types for m, v in self.last_results[t].items() if v is not None}
+        scored = [t for t in (*self.iou_types, ANY_CLASS) if t in self.last_results]
+        metrics = {f"val/{t}_{m}": v for t in scored for m, v in self.last_results[t].items() if v is not None}
         self.log_dict(metrics, sync_dist=True)  # identical on every rank (broadcast)
 
 

@@ -3,6 +3,8 @@
 ``coco_evaluate(gt, predictions)`` -> ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}, "segm": {...}}``
 where AP averages precision over IoU 0.50:0.05:0.95, 101 recall points and the categories with
 ground truth; a metric is ``None`` where the ground truth has no object of that size (pycocotools' -1).
+With boxes scored and more than one category, ``results["bbox_any_class"]`` is the box AP with every category
+pooled into one (``ANY_CLASS``).
 ``predictions`` are COCO result dicts (``image_id``, ``category_id``, ``score`` and ``bbox`` xywh
 and/or ``segmentation`` RLE), made from detector outputs by ``predictions_to_coco``.
 """
@@ -32,6 +34,9 @@ COCO_KEYPOINT_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .6
                                  .89]) / 10.0
 # COCOeval's first stats per type: keypoints have no small-object AP
 _STATS = {"bbox": METRICS, "segm": METRICS, "keypoints": ("AP", "AP50", "AP75", "APm", "APl")}
+# box AP with every category pooled into one (ground truth and detections alike, no extra NMS): finding the objects
+# whatever their class; beside the real box AP it tells a localisation problem from a classification one
+ANY_CLASS = "bbox_any_class"
 
 
 def predictions_to_coco(outputs: list[dict], image_ids: list[int], label_to_category: dict[int, int],
@@ -105,18 +110,35 @@ def coco_evaluate(coco_gt: COCO | str | Path, predictions: list[dict],
             results[iou_type] = dict.fromkeys(METRICS, 0.0)
             notes.append(f"{iou_type}: no predictions, every metric is 0")
             continue
-        with contextlib.redirect_stdout(io.StringIO()):
-            evaluator = COCOeval(gt, gt.loadRes(dets), iou_type)
-            if iou_type == "keypoints":
-                evaluator.params.kpt_oks_sigmas = keypoint_sigmas(len(dets[0]["keypoints"]) // 3)
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-        stats = dict(zip(_STATS[iou_type], evaluator.stats))
-        results[iou_type] = {m: (float(stats[m]) if m in stats and stats[m] >= 0 else None) for m in METRICS}
+        results[iou_type] = _score(gt, dets, iou_type)
+        if iou_type == "bbox" and len(gt.getCatIds()) > 1:
+            results[ANY_CLASS] = _score(_pooled(gt), [{**d, "category_id": 1} for d in dets], "bbox")
     if notes:
         results["notes"] = notes
     return results
+
+
+def _score(gt: COCO, dets: list[dict], iou_type: str) -> dict:
+    """COCOeval of ``dets`` (non-empty) against ``gt``: ``{metric: fraction or None}``."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(gt, gt.loadRes(dets), iou_type)
+        if iou_type == "keypoints":
+            evaluator.params.kpt_oks_sigmas = keypoint_sigmas(len(dets[0]["keypoints"]) // 3)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = dict(zip(_STATS[iou_type], evaluator.stats))
+    return {m: (float(stats[m]) if m in stats and stats[m] >= 0 else None) for m in METRICS}
+
+
+def _pooled(gt: COCO) -> COCO:
+    """``gt`` with every annotation in one category (id 1, "object")."""
+    pooled = COCO()
+    pooled.dataset = {**gt.dataset, "categories": [{"id": 1, "name": "object"}],
+                      "annotations": [{**a, "category_id": 1} for a in gt.dataset["annotations"]]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        pooled.createIndex()
+    return pooled
 
 
 def keypoint_sigmas(k: int) -> np.ndarray:
@@ -132,6 +154,10 @@ def format_table(results: dict) -> str:
         row = results[iou_type]
         cells = ("-" if row[m] is None else f"{100 * row[m]:.1f}" for m in METRICS)
         lines.append(f"{iou_type:6}" + "".join(f"{c:>8}" for c in cells))
+    if ANY_CLASS in results:
+        lines.append(f"bbox, any class: AP {100 * results[ANY_CLASS]['AP']:.1f}, AP50 "
+                     f"{100 * results[ANY_CLASS]['AP50']:.1f} (every category pooled: the objects found, whatever "
+                     f"their class)")
     lines += [f"note: {n}" for n in results.get("notes", [])]
     return "\n".join(lines)
 
