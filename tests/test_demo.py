@@ -286,3 +286,19 @@ def test_probe_figures_are_aggregated_paired_and_judged():
     summary = {**_summary(per_seed, [0, 1, 2]), "paired_vs_random": paired_gains(per_seed, ["mcl", "random"])}
     text = render_table(summary)
     assert "RoI kNN FPN" in text and "61.0 ± 1.0" in text and "+41.0 ± 1.0, wins 3/3" in text
+
+
+def test_the_quick_plan_holds_the_fine_tuning_lr_until_90_percent_and_the_full_plan_keeps_the_paper_steps():
+    """The quick plan's one late lr step (x0.1 at 2,700 of 3,000 iterations) resolves from its own overrides, on the
+    recipe the demo fine-tunes with; the full plan keeps finetune_cpu_smoke's x0.1 at 2/3 and 8/9."""
+    from mcl.config import load_config, resolve_config_path
+    from mcl.transfer.finetune_config import FinetuneConfig, resolve_schedule
+
+    def milestones(plan: DemoPlan) -> tuple[int, ...]:
+        overrides = [*plan.finetune_overrides, f"schedule.iterations_1x={plan.finetune_iterations}",
+                     "schedule.reference_batch=2"]
+        cfg = load_config(FinetuneConfig, resolve_config_path("finetune_cpu_smoke"), overrides)
+        return resolve_schedule(cfg.schedule, 2).milestones
+
+    assert milestones(PLANS["quick"]) == (2700,)
+    assert milestones(PLANS["full"]) == (4000, 5333)
