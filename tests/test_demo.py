@@ -302,3 +302,31 @@ def test_the_quick_plan_holds_the_fine_tuning_lr_until_90_percent_and_the_full_p
 
     assert milestones(PLANS["quick"]) == (2700,)
     assert milestones(PLANS["full"]) == (4000, 5333)
+
+
+def test_random_inits_fine_tune_starts_first_then_the_pretrainings_then_what_they_unlock(tmp_path, monkeypatch):
+    """One worker runs the stages in the order they are queued: random init's fine-tune (waits on nothing) first,
+    then each pretraining, each followed by its init's probe and fine-tune once it has finished, and the control
+    after random's fine-tune."""
+    import mcl.demo as demo
+
+    order = []
+
+    def stage(kind):
+        def run(out, init, method, plan, seed, scenes, say, threads):
+            order.append((kind, method))
+            return {"init": init, "seconds": 1.0, "detector": "d"}
+        return run
+
+    def pretrain(out, method, plan, seed, say, threads, steps=None):
+        order.append(("pretrain", method))
+        return {"checkpoint": method, "seconds": 1.0, "steps": plan.pretrain_steps}
+
+    monkeypatch.setattr(demo, "labeled_scenes", lambda *a: {})
+    monkeypatch.setattr(demo, "pretrain", pretrain)
+    monkeypatch.setattr(demo, "finetune", stage("finetune"))
+    monkeypatch.setattr(demo, "probe", stage("probe"))
+    demo.run_seed(tmp_path, PLANS["tiny"], 0, ("mcl", "moco", "random"), lambda _: None, jobs=1)
+    assert order[:4] == [("finetune", "random"), ("pretrain", "mcl"), ("pretrain", "moco"), ("probe", "random")]
+    assert order.index(("finetune", "mcl")) > order.index(("pretrain", "mcl"))
+    assert order.index(("probe", demo.CONTROL)) > 0 and len(order) == len(set(order)) == 9

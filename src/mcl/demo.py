@@ -327,8 +327,10 @@ def run_seed(out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say
              threads: int | None = None) -> dict[str, dict]:
     """One seed's stages, ``jobs`` at a time (each stage a subprocess with ``threads`` threads).
 
-    A fine-tune is queued as soon as its pretraining has finished (random init's at once), so no worker
-    ever waits on another stage. ``moco_time`` (equal wall-clock) pretrains once MCL's and MoCo v2's
+    Random init's fine-tune is queued first (it waits on nothing, and the fine-tunes are the longest stages: with
+    2 workers it runs beside MCL's pretraining instead of leaving a pretrained init's fine-tune alone at the end),
+    then the pretrainings; an init's probe and fine-tune are queued as soon as its pretraining has finished, so no
+    worker ever waits on another stage. ``moco_time`` (equal wall-clock) pretrains once MCL's and MoCo v2's
     equal-epoch pretrainings have both finished, for :func:`equal_time_steps` steps.
     """
     lock = threading.Lock()
@@ -362,10 +364,13 @@ def run_seed(out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say
 
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        pending = {pool.submit(pretrain_stage, m): ("pretrain", m) for m in methods
-                   if m not in ("random", EQUAL_TIME)}
+        pending = {}
+        if "random" in methods:     # the longest stage that waits on nothing: it runs beside the first pretraining
+            pending[pool.submit(finetune_stage, "random", "random")] = ("finetune", "random")
+        pending.update({pool.submit(pretrain_stage, m): ("pretrain", m) for m in methods
+                        if m not in ("random", EQUAL_TIME)})
         if "random" in methods:
-            after_init("random", "random")
+            pending[pool.submit(probe_stage, "random", "random")] = ("probe", "random")
         while pending:                  # runs[m] gets "pretrain", "probe" and "finetune" as they finish
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:

@@ -278,3 +278,18 @@ def test_frozen_modules_get_no_update_and_keep_their_batchnorm_statistics():
     assert any(k.startswith("rpn.") for k in changed) and "roi_heads.box_head.1.0.weight" in changed
     with pytest.raises(UserError, match="names no module"):
         freeze_modules(detector, ["backbone.bodyy"])
+
+
+def test_evaluating_during_training_does_not_change_what_is_trained(tmp_path):
+    """An evaluation every 2 steps draws nothing from the training's random streams: 4 steps with it train the same
+    weights as 4 steps without (4 scenes at batch 2: the second epoch's shuffle comes after the first evaluation)."""
+    weights = {}
+    for every in (0, 2):
+        run = tmp_path / f"every{every}"
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["finetune", "--out", str(run), "--init", "random", *TINY, "schedule.iterations_1x=4",
+                         "trainer.checkpoint_every_steps=4", f"trainer.eval_every_steps={every}"]) == 0
+        weights[every] = torch.load(run / "detector.pt", weights_only=False)
+    first, second = (w["state_dict"] if "state_dict" in w else w for w in (weights[0], weights[2]))
+    tensors = [k for k, v in first.items() if torch.is_tensor(v) and v.is_floating_point()]
+    assert tensors and all(torch.equal(first[k], second[k]) for k in tensors)

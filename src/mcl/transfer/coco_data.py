@@ -371,6 +371,14 @@ def collate(batch: list[tuple]) -> tuple[list, list]:
     return list(images), list(targets)
 
 
+def eval_generator() -> torch.Generator:
+    """A private generator for an evaluation loader: a DataLoader draws its workers' base seed from its generator
+    each time it is iterated, and from the global RNG without one, so each evaluation during training would shift
+    the training's shuffles and augmentations (a run evaluated every N steps would train other weights)."""
+    return torch.Generator().manual_seed(0)
+
+
 def make_loader(dataset: CocoDetection, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=collate, persistent_workers=num_workers > 0, drop_last=False)
+                      collate_fn=collate, persistent_workers=num_workers > 0, drop_last=False,
+                      generator=None if shuffle else eval_generator())

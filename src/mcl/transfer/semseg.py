@@ -43,7 +43,7 @@ from mcl.config import from_dict
 from mcl.engine.atomic import write_text_atomic
 from mcl.errors import UserError
 from mcl.models.backbone import make_resnet
-from mcl.transfer.coco_data import CocoDetection, _valid_segmentation, segmentation_to_mask
+from mcl.transfer.coco_data import CocoDetection, _valid_segmentation, eval_generator, segmentation_to_mask
 from mcl.transfer.detection import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -269,7 +269,8 @@ def collate_semseg(batch: list[tuple]) -> tuple[Tensor, list[Tensor], list[int]]
 
 def make_semseg_loader(dataset: SemsegDataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=collate_semseg, persistent_workers=num_workers > 0, drop_last=False)
+                      collate_fn=collate_semseg, persistent_workers=num_workers > 0, drop_last=False,
+                      generator=None if shuffle else eval_generator())
 
 
 # ---------------------------------------------------------------- the metric
