@@ -289,7 +289,7 @@ def test_evaluating_during_training_does_not_change_what_is_trained(tmp_path):
         with contextlib.redirect_stdout(io.StringIO()):
             assert main(["finetune", "--out", str(run), "--init", "random", *TINY, "schedule.iterations_1x=4",
                          "trainer.checkpoint_every_steps=4", f"trainer.eval_every_steps={every}"]) == 0
-        weights[every] = torch.load(run / "detector.pt", weights_only=False)
-    first, second = (w["state_dict"] if "state_dict" in w else w for w in (weights[0], weights[2]))
+        weights[every] = torch.load(run / "detector.pt", weights_only=True)["state_dict"]
+    first, second = weights[0], weights[2]
     tensors = [k for k, v in first.items() if torch.is_tensor(v) and v.is_floating_point()]
     assert tensors and all(torch.equal(first[k], second[k]) for k in tensors)
