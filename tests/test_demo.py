@@ -330,3 +330,45 @@ def test_random_inits_fine_tune_starts_first_then_the_pretrainings_then_what_the
     assert order[:4] == [("finetune", "random"), ("pretrain", "mcl"), ("pretrain", "moco"), ("probe", "random")]
     assert order.index(("finetune", "mcl")) > order.index(("pretrain", "mcl"))
     assert order.index(("probe", demo.CONTROL)) > 0 and len(order) == len(set(order)) == 9
+
+
+def test_a_worker_the_seed_cannot_use_starts_the_next_seeds_stages(tmp_path, monkeypatch):
+    """Several seeds share one scheduler: with 2 workers, seed 1's stages start while seed 0's last fine-tune still
+    runs (instead of a worker idling until seed 0 ends); with 1 worker, every stage of seed 0 runs before seed 1's."""
+    import threading
+    import time
+
+    import mcl.demo as demo
+
+    events, lock = [], threading.Lock()
+
+    def stage(kind, method, seed, result):
+        with lock:
+            events.append(("start", seed, f"{kind}_{method}"))
+        time.sleep({"finetune_mcl": 0.4, "pretrain_mcl": 0.1}.get(f"{kind}_{method}", 0.02))
+        with lock:
+            events.append(("end", seed, f"{kind}_{method}"))
+        return result
+
+    monkeypatch.setattr(demo, "labeled_scenes", lambda *a: {})
+    monkeypatch.setattr(demo, "pretrain", lambda out, method, plan, seed, say, threads:
+                        stage("pretrain", method, seed, {"checkpoint": method, "seconds": 1.0}))
+    monkeypatch.setattr(demo, "finetune", lambda out, init, method, plan, seed, scenes, say, threads:
+                        stage("finetune", method, seed, {"init": init, "seconds": 1.0}))
+    monkeypatch.setattr(demo, "probe", lambda out, init, method, plan, seed, scenes, say, threads:
+                        stage("probe", method, seed, {"init": init, "seconds": 1.0}))
+
+    def run(jobs):
+        events.clear()
+        graphs = [demo.SeedStages(tmp_path, PLANS["tiny"], seed, ("mcl", "moco", "random"), lambda _: None, None)
+                  for seed in (0, 1)]
+        seconds = demo.run_stages(graphs, jobs)
+        assert set(seconds) == {0, 1} and all(s > 0 for s in seconds.values())
+        assert [len(g.runs) for g in graphs] == [4, 4]          # mcl, moco, random and the control, in both seeds
+        return ([i for i, (kind, seed, _) in enumerate(events) if kind == "start" and seed == 1][0],
+                max(i for i, (kind, seed, _) in enumerate(events) if kind == "end" and seed == 0))
+
+    first_start_of_1, last_end_of_0 = run(jobs=2)
+    assert first_start_of_1 < last_end_of_0 and events[last_end_of_0][2] == "finetune_mcl"
+    first_start_of_1, last_end_of_0 = run(jobs=1)
+    assert first_start_of_1 > last_end_of_0

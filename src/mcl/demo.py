@@ -21,7 +21,8 @@ For each seed ``s``:
    probed like the inits (row ``CONTROL``): the probes must tell it from random init before their ranking of the
    pretrained inits means anything.
 
-Stages run ``jobs`` at a time (default 2 on 2+ cores), each a subprocess with its share of the cores.
+Stages run ``jobs`` at a time (default 2 on 2+ cores), each a subprocess with its share of the cores; with several
+seeds, a worker that the current seed cannot use (its last fine-tune still running) starts the next seed's stages.
 
 Every stage runs as its own ``mcl`` subprocess (log in the stage's folder); a stage that already finished
 with the same arguments is reused, so an interrupted demo continues where it stopped (a stage whose arguments
@@ -33,6 +34,7 @@ Outputs in ``--out``: ``results.json`` (every figure), ``results.md`` (the table
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import shutil
@@ -324,81 +326,154 @@ def equal_time_steps(steps: int, mcl_seconds: float, moco_seconds: float) -> int
     return max(1, round(steps * mcl_seconds / moco_seconds))
 
 
-def run_seed(out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say, jobs: int = 1,
-             threads: int | None = None) -> dict[str, dict]:
-    """One seed's stages, ``jobs`` at a time (each stage a subprocess with ``threads`` threads).
+class SeedStages:
+    """One seed's stage graph: which stages can start at once, and what each finished stage unlocks.
 
     Random init's fine-tune is queued first (it waits on nothing, and the fine-tunes are the longest stages: with
     2 workers it runs beside MCL's pretraining instead of leaving a pretrained init's fine-tune alone at the end),
-    then the pretrainings; an init's probe and fine-tune are queued as soon as its pretraining has finished, so no
-    worker ever waits on another stage. ``moco_time`` (equal wall-clock) pretrains once MCL's and MoCo v2's
-    equal-epoch pretrainings have both finished, for :func:`equal_time_steps` steps.
+    then the pretrainings; an init's probe and fine-tune are queued as soon as its pretraining has finished, and the
+    control's probe once random init's fine-tune has. ``moco_time`` (equal wall-clock) pretrains once MCL's and MoCo
+    v2's equal-epoch pretrainings have both finished, for :func:`equal_time_steps` steps. A stage is a
+    ``(kind, method, call)`` triple; ``runs[method][kind]`` gets each finished stage's record.
     """
-    lock = threading.Lock()
-    shared_say = say
 
-    def say(line: str) -> None:  # stages report from worker threads: one whole line at a time
-        with lock:
-            shared_say(line)
+    def __init__(self, out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say, threads: int | None):
+        self.out, self.plan, self.seed, self.methods, self.say, self.threads = out, plan, seed, methods, say, threads
+        self.runs: dict[str, dict] = {m: {} for m in methods}
+        self._scenes: dict | None = None
+        self._scenes_lock = threading.Lock()
 
-    say(f"seed {seed}: labeled scenes")
-    scenes = labeled_scenes(out, plan, seed, say)
-    runs: dict[str, dict] = {m: {} for m in methods}
+    def scenes(self) -> dict:
+        """The seed's labelled scenes, written by the first stage that needs them (the others wait for it)."""
+        with self._scenes_lock:
+            if self._scenes is None:
+                self.say(f"seed {self.seed}: labeled scenes")
+                self._scenes = labeled_scenes(self.out, self.plan, self.seed, self.say)
+            return self._scenes
 
-    def pretrain_stage(method, steps=None):
-        say(f"seed {seed}: pretrain {METHOD_LABELS[method]} ({steps or plan.pretrain_steps} steps)")
-        if steps is None:
-            return pretrain(out, method, plan, seed, say, threads)
-        return pretrain(out, method, plan, seed, say, threads, steps=steps)
+    def _pretrain(self, method: str, steps: int | None = None):
+        def call():
+            self.say(f"seed {self.seed}: pretrain {METHOD_LABELS[method]} ({steps or self.plan.pretrain_steps} steps)")
+            if steps is None:
+                return pretrain(self.out, method, self.plan, self.seed, self.say, self.threads)
+            return pretrain(self.out, method, self.plan, self.seed, self.say, self.threads, steps=steps)
+        return ("pretrain", method, call)
 
-    def finetune_stage(method, init):
-        say(f"seed {seed}: fine-tune Mask R-CNN from {METHOD_LABELS[method]} ({plan.finetune_iterations} its)")
-        return finetune(out, init, method, plan, seed, scenes, say, threads)
+    def _finetune(self, method: str, init: str):
+        def call():
+            self.say(f"seed {self.seed}: fine-tune Mask R-CNN from {METHOD_LABELS[method]} "
+                     f"({self.plan.finetune_iterations} its)")
+            return finetune(self.out, init, method, self.plan, self.seed, self.scenes(), self.say, self.threads)
+        return ("finetune", method, call)
 
-    def probe_stage(method, init):
-        say(f"seed {seed}: probe the frozen features of {METHOD_LABELS[method]}")
-        return probe(out, init, method, plan, seed, scenes, say, threads)
+    def _probe(self, method: str, init: str):
+        def call():
+            self.say(f"seed {self.seed}: probe the frozen features of {METHOD_LABELS[method]}")
+            return probe(self.out, init, method, self.plan, self.seed, self.scenes(), self.say, self.threads)
+        return ("probe", method, call)
 
-    def after_init(method, init):       # an init is ready: its probe first (minutes), then its fine-tune
-        pending[pool.submit(probe_stage, method, init)] = ("probe", method)
-        pending[pool.submit(finetune_stage, method, init)] = ("finetune", method)
+    def initial(self) -> list[tuple]:
+        """The stages that wait on nothing, in the order they should start."""
+        stages = [self._finetune("random", "random")] if "random" in self.methods else []
+        stages += [self._pretrain(m) for m in self.methods if m not in ("random", EQUAL_TIME)]
+        if "random" in self.methods:
+            stages.append(self._probe("random", "random"))
+        return stages
 
+    def finished(self, kind: str, method: str, record: dict) -> list[tuple]:
+        """Record a finished stage; the stages it unlocks (an init's probe first, minutes, then its fine-tune)."""
+        self.runs[method][kind] = record
+        unlocked = []
+        if kind == "finetune" and method == "random" and self.plan.probe_control:
+            self.runs[CONTROL] = {}
+            detector = record.get("detector") or str(self.out / f"seed{self.seed}" / "finetune_random" / "detector.pt")
+            unlocked.append(self._probe(CONTROL, detector))
+        if kind == "pretrain":
+            unlocked += [self._probe(method, record["checkpoint"]), self._finetune(method, record["checkpoint"])]
+            if method in ("mcl", "moco") and EQUAL_TIME in self.methods and \
+                    all("pretrain" in self.runs[m] for m in ("mcl", "moco")):   # true once: after the second
+                steps = equal_time_steps(self.plan.pretrain_steps, self.runs["mcl"]["pretrain"]["seconds"],
+                                         self.runs["moco"]["pretrain"]["seconds"])
+                unlocked.append(self._pretrain(EQUAL_TIME, steps))
+        return unlocked
+
+
+def run_stages(graphs: list[SeedStages], jobs: int) -> dict[int, float]:
+    """Run every seed's stages, ``jobs`` at a time: whenever a worker is free it takes the ready stage of the
+    earliest seed (in that seed's queueing order), so a worker that the current seed cannot use (its last fine-tune
+    still running) starts the next seed's stages instead of waiting. Returns each seed's wall-clock seconds, from
+    its first stage's start to its last stage's end (seeds overlap, so these add up to more than the run).
+
+    After a failure the running stages end (their folders stay consistent), no more start, and the error is raised.
+    """
+    ready: list[tuple[int, int, tuple]] = []     # (seed index, queue order, stage): the smallest starts next
+    order = 0
+
+    def queue(index: int, stages: list[tuple]) -> None:
+        nonlocal order
+        for stage in stages:
+            heapq.heappush(ready, (index, order, stage))
+            order += 1
+
+    for index, graph in enumerate(graphs):
+        queue(index, graph.initial())
+    first_start: dict[int, float] = {}
+    last_end: dict[int, float] = {}
     pool = ThreadPoolExecutor(max_workers=jobs)
+    running: dict = {}
+    failure = None
     try:
-        pending = {}
-        if "random" in methods:     # the longest stage that waits on nothing: it runs beside the first pretraining
-            pending[pool.submit(finetune_stage, "random", "random")] = ("finetune", "random")
-        pending.update({pool.submit(pretrain_stage, m): ("pretrain", m) for m in methods
-                        if m not in ("random", EQUAL_TIME)})
-        if "random" in methods:
-            pending[pool.submit(probe_stage, "random", "random")] = ("probe", "random")
-        while pending:                  # runs[m] gets "pretrain", "probe" and "finetune" as they finish
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        while ready or running:
+            while ready and len(running) < jobs and failure is None:
+                index, _, (kind, method, call) = heapq.heappop(ready)
+                first_start.setdefault(index, time.perf_counter())
+                running[pool.submit(call)] = (index, kind, method)
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                stage, method = pending.pop(future)
-                runs[method][stage] = future.result()  # a failed stage raises here; running ones finish first
-                if stage == "finetune" and method == "random" and plan.probe_control:
-                    runs[CONTROL] = {}
-                    detector = runs["random"]["finetune"].get("detector") or str(
-                        out / f"seed{seed}" / "finetune_random" / "detector.pt")
-                    pending[pool.submit(probe_stage, CONTROL, detector)] = ("probe", CONTROL)
-                if stage == "pretrain":
-                    after_init(method, runs[method]["pretrain"]["checkpoint"])
-                    if method in ("mcl", "moco") and EQUAL_TIME in methods and \
-                            all("pretrain" in runs[m] for m in ("mcl", "moco")):   # true once: after the second
-                        steps = equal_time_steps(plan.pretrain_steps, runs["mcl"]["pretrain"]["seconds"],
-                                                 runs["moco"]["pretrain"]["seconds"])
-                        pending[pool.submit(pretrain_stage, EQUAL_TIME, steps)] = ("pretrain", EQUAL_TIME)
-    finally:  # after a failure: let the running stages end (their folders stay consistent), start no more
+                index, kind, method = running.pop(future)
+                last_end[index] = time.perf_counter()
+                try:
+                    record = future.result()
+                except Exception as error:       # raised once the running stages have ended
+                    failure = failure or error
+                    continue
+                if failure is None:
+                    queue(index, graphs[index].finished(kind, method, record))
+    finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return runs
+    if failure is not None:
+        raise failure
+    return {graphs[i].seed: last_end[i] - first_start[i] for i in first_start}
+
+
+def run_seed(out: Path, plan: DemoPlan, seed: int, methods: tuple[str, ...], say, jobs: int = 1,
+             threads: int | None = None) -> dict[str, dict]:
+    """One seed's stages (:class:`SeedStages`), ``jobs`` at a time, each a subprocess with ``threads`` threads;
+    ``runs[method][kind]`` for every finished stage."""
+    graph = SeedStages(out, plan, seed, methods, _line_by_line(say), threads)
+    run_stages([graph], jobs)
+    return graph.runs
+
+
+def _line_by_line(say: Callable[[str], None]) -> Callable[[str], None]:
+    """``say`` for stages that report from worker threads: one whole line at a time."""
+    lock = threading.Lock()
+
+    def locked(line: str) -> None:
+        with lock:
+            say(line)
+    return locked
 
 
 def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ...] = METHODS,
              say: Callable[[str], None] = print, jobs: int = 1) -> dict:
     """Every stage for every seed, then the summary (also written to ``out/results.json``).
 
-    ``jobs`` stages run side by side, each with ``cpus // jobs`` threads (on 2 cores: two one-thread stages).
+    ``jobs`` stages run side by side, each with ``cpus // jobs`` threads (on 2 cores: two one-thread stages), every
+    seed's stages through one scheduler (:func:`run_stages`); ``seed_elapsed_s``: each seed's first stage start to
+    last stage end (the seeds overlap).
     """
     widths = fpn_widths(plan)
     if len(set(widths.values())) > 1:
@@ -408,11 +483,10 @@ def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ..
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     threads = max(1, _cpu_count() // jobs) if jobs > 1 else None
-    per_seed, seed_seconds = {}, {}
-    for seed in seeds:
-        seed_start = time.perf_counter()
-        per_seed[str(seed)] = run_seed(out, plan, seed, methods, say, jobs, threads)
-        seed_seconds[str(seed)] = time.perf_counter() - seed_start
+    say = _line_by_line(say)
+    graphs = [SeedStages(out, plan, seed, methods, say, threads) for seed in seeds]
+    seed_seconds = {str(seed): seconds for seed, seconds in run_stages(graphs, jobs).items()}
+    per_seed = {str(graph.seed): graph.runs for graph in graphs}
     methods = (*methods, *([CONTROL] if any(CONTROL in runs for runs in per_seed.values()) else []))
     summary = {"schema": "mcl-demo/1", "plan": asdict(plan), "seeds": seeds, "methods": list(methods),
                "budget": "equal epochs: each pretraining method runs the same steps at the same batch (32)" +

@@ -25,6 +25,19 @@ def test_finetune_step_prints_one_time_per_width():
     assert len(lines) == 2 and "(1.00 x width 64)" in lines[0]
 
 
+def test_finetune_levers_prints_every_lever_against_the_demo_and_every_core_sharing():
+    run = subprocess.run([sys.executable, "benchmarks/finetune_levers.py", "--repeats", "1", "--steps", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    levers = [line for line in run.stdout.splitlines() if "x the demo's)" in line]
+    assert len(levers) == 5 and "(1.00 x the demo's)" in levers[0]
+    sharing = [line for line in run.stdout.splitlines() if "images/s in all" in line]
+    assert [line.split(":")[0].strip() for line in sharing] == [
+        "1 process(es) x 1 thread(s)", "1 process(es) x 2 thread(s)", "2 process(es) x 1 thread(s)",
+        "3 process(es) x 1 thread(s)"]
+    assert len(sharing[3].split(":")[1].split(";")[0].split(",")) == 3     # one figure per process
+
+
 def test_profile_step_splits_the_step_by_phase_and_part(tmp_path):
     """Every phase and model part is timed, and the efficient forward's neck costs less than the faithful one's."""
     import json
