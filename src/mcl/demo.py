@@ -175,7 +175,7 @@ def _run(cmd: list[str], log_path: Path, say: Callable[[str], None], threads: in
     """Run one ``mcl`` stage as a subprocess (output to ``log_path``, ``threads`` intra-op threads if given);
     its wall-clock seconds. A failure raises ``UserError`` with the stage's last lines and the log's path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    say("  $ " + " ".join(cmd[2:]))
+    say("  $ " + " ".join(cmd[2:]) + f"   (log: {log_path})")
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), PYTHONUNBUFFERED="1")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -383,6 +383,9 @@ class SeedStages:
     def finished(self, kind: str, method: str, record: dict) -> list[tuple]:
         """Record a finished stage; the stages it unlocks (an init's probe first, minutes, then its fine-tune)."""
         self.runs[method][kind] = record
+        took = "reused" if record.get("reused") else f"{record.get('seconds', 0.0) / 60:.1f} min"
+        verb = "fine-tune" if kind == "finetune" else kind
+        self.say(f"seed {self.seed}: {verb} {METHOD_LABELS[method]} done ({took})")
         unlocked = []
         if kind == "finetune" and method == "random" and self.plan.probe_control:
             self.runs[CONTROL] = {}
