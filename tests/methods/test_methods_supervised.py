@@ -40,13 +40,14 @@ def test_every_cell_target_is_the_class_of_the_image_shown_in_that_cell():
 def test_loss_is_finite_and_falls_on_separable_data():
     model = supervised_model(*TINY, "model.num_classes=2", "montage.ratios=[1,2]", "montage.repeats=[1,1]",
                              "loss.level_weights=[0.5,0.5]")
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    # lr 0.01: at 0.1 (with momentum 0.9) the loss of this tiny model diverged on one CPU and fell on another
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     labels = torch.arange(8) % 2
     colour = torch.tensor([[1.5, -1.0, -1.0], [-1.0, -1.0, 1.5]])       # class 0 red, class 1 blue
     losses = []
     gen = torch.Generator().manual_seed(0)
     with single_thread():                                               # tiny ops: threads only cost here
-        for _ in range(10):
+        for _ in range(20):
             crops = colour[labels].view(8, 1, 3, 1, 1) + 0.3 * torch.randn(8, 4, 3, 32, 32, generator=gen)
             out = model(crops, labels, generator=gen)
             assert math.isfinite(out.loss.item())
@@ -55,7 +56,7 @@ def test_loss_is_finite_and_falls_on_separable_data():
             optimizer.step()
             losses.append(out.loss.item())
     assert losses[0] == pytest.approx(2 * math.log(2), abs=0.02)       # two views x sum of weights 1 x ln 2
-    assert sum(losses[-3:]) < 0.85 * sum(losses[:3]), losses
+    assert sum(losses[-5:]) < 0.85 * sum(losses[:5]), losses          # single steps are noisy: 5-step means
 
 
 def test_largest_area_rule_and_coco_listing(tmp_path):
