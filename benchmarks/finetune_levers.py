@@ -6,6 +6,7 @@ Run from the repository root: ``python3 benchmarks/finetune_levers.py [--repeats
    proposals, 32 RoIs per image, scales 112-144 on 128 px scenes, masks on), forward + backward, against the same
    model in ``channels_last`` memory, with 16 RoIs per image, with 50 RPN proposals, and at batch 4. The variants
    take turns within each repeat (median over repeats after the first), so the machine's noise hits them alike.
+   ``--profile``: also where the demo step's time goes, ``torch.profiler``'s operators by self CPU time.
 2. **How stages share the cores**: the default step in 1 process with 1 thread, 1 process with 2 threads, 2 and 3
    one-thread processes at once (seconds per image of each process, and the machine's images per second).
 
@@ -75,6 +76,24 @@ def levers(repeats: int, images: int) -> None:
         print(f"  {name:18s} {s:.3f} s  ({s / base:.2f} x the demo's)")
 
 
+def profile(images: int) -> None:
+    """The demo step's operators by share of self CPU time (1 thread, ``images`` images after a warm-up)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.set_num_threads(1)
+    items = scenes(8)
+    model = detector({}, False)
+    seconds_per_image(model, items, 2, 4)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        seconds_per_image(model, items, 2, images)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    print(f"profile of the demo step, 1 thread, {images} images: share of self CPU time")
+    for e in ops[:6]:
+        print(f"  {e.key:40s} {100 * e.self_cpu_time_total / total:5.1f}%")
+
+
 def worker(threads: int, images: int) -> None:
     torch.set_num_threads(threads)
     items = scenes(8)
@@ -102,12 +121,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--steps", type=int, default=16, help="steps of 2 images per measurement")
     parser.add_argument("--skip-sharing", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="also profile the demo step by operator")
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, 2 * args.steps)
         return 0
     levers(args.repeats, 2 * args.steps)
+    if args.profile:
+        profile(2 * args.steps)
     if not args.skip_sharing:
         sharing(2 * args.steps)
     return 0

@@ -26,9 +26,12 @@ def test_finetune_step_prints_one_time_per_width():
 
 
 def test_finetune_levers_prints_every_lever_against_the_demo_and_every_core_sharing():
-    run = subprocess.run([sys.executable, "benchmarks/finetune_levers.py", "--repeats", "1", "--steps", "1"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "benchmarks/finetune_levers.py", "--repeats", "1", "--steps", "1", "--profile"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
+    shares = [float(line.split()[-1].rstrip("%")) for line in run.stdout.split("share of self CPU time")[1].split(
+        "2. sharing")[0].strip().splitlines()]
+    assert len(shares) == 6 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.01
     levers = [line for line in run.stdout.splitlines() if "x the demo's)" in line]
     assert len(levers) == 5 and "(1.00 x the demo's)" in levers[0]
     sharing = [line for line in run.stdout.splitlines() if "images/s in all" in line]
