@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                            "complete in it are reused")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="300 pretraining steps, 3,000 fine-tuning iterations, "
-                      "no frozen-detection probe (about 40 min on 2 cores)")
+                      "no frozen-detection probe (40-55 min on 2 cores)")
     size.add_argument("--tiny", action="store_true", help="seconds, for tests: the figures mean nothing")
     parser.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds and report mean ± std "
                                                              "(default 1)")
