@@ -214,6 +214,53 @@ def test_a_stage_is_reused_only_with_the_same_arguments(tmp_path):
     assert demo._stage_record(tmp_path / "missing", args) is None
 
 
+def test_a_stage_is_reused_whether_its_paths_were_spelled_relative_or_absolute(tmp_path, monkeypatch):
+    """``--out runs/demo`` and ``--out /abs/runs/demo`` name the same stage: it is reused, not run again."""
+    import mcl.demo as demo
+
+    folder = tmp_path / "runs" / "seed0" / "probe_mcl"
+    folder.mkdir(parents=True)
+    (tmp_path / "runs" / "last.ckpt").write_text("")
+    absolute = ["--init", f"mcl={tmp_path}/runs/last.ckpt", "--out", str(folder), "model.fpn_channels=64"]
+    (folder / "stage.json").write_text(json.dumps({"seconds": 1.0, "args": absolute}))
+    monkeypatch.chdir(tmp_path)
+    relative = ["--init", "mcl=runs/last.ckpt", "--out", "runs/seed0/probe_mcl", "model.fpn_channels=64"]
+    assert demo._stage_record(folder, relative)["seconds"] == 1.0
+    assert demo._stage_record(folder, [*relative[:-1], "model.fpn_channels=128"]) is None
+    assert demo._stage_record(folder, ["--init", "mcl=runs/other.ckpt", *relative[2:]]) is None
+
+
+def test_a_finished_stage_whose_arguments_changed_is_kept_aside_not_deleted(tmp_path, monkeypatch):
+    """Running a stage again with other arguments keeps the finished one (checkpoints, figures, log) as
+    ``<stage>.replaced-N``; an interrupted one (no stage.json) is simply removed."""
+    import mcl.demo as demo
+
+    folder = tmp_path / "seed0" / "finetune_random"
+    folder.mkdir(parents=True)
+    (folder / "detector.pt").write_text("weights")
+    (folder / "stage.json").write_text(json.dumps({"seconds": 5.0, "args": ["old"]}))
+    (tmp_path / "seed0" / "finetune_random.log").write_text("old log")
+
+    def run(cmd, log_path, say, threads):
+        folder.mkdir(parents=True)
+        log_path.write_text("new log")
+        return 2.0
+
+    monkeypatch.setattr(demo, "_run", run)
+    said = []
+    record = demo._stage(tmp_path, 0, "finetune_random", "finetune", ["new"], said.append, None,
+                         lambda f, s: {"seconds": s})
+    kept = tmp_path / "seed0" / "finetune_random.replaced-1"
+    assert record == {"seconds": 2.0, "args": ["new"]}
+    assert (kept / "detector.pt").read_text() == "weights" and (kept / "stage.log").read_text() == "old log"
+    assert any(str(kept) in line for line in said)
+    (folder / "stage.json").unlink()                                   # interrupted: removed, nothing kept
+    (folder / "partial.ckpt").write_text("")
+    demo._stage(tmp_path, 0, "finetune_random", "finetune", ["new"], said.append, None, lambda f, s: {"seconds": s})
+    assert not (folder / "partial.ckpt").exists()
+    assert not (tmp_path / "seed0" / "finetune_random.replaced-2").exists()
+
+
 def test_a_reused_stage_rereads_its_figures_from_its_files(tmp_path):
     """A stage recorded before the demo read some figure (here: the any-class box AP) gets it from its files."""
     import mcl.demo as demo

@@ -193,13 +193,50 @@ def _mcl(*args: str) -> list[str]:
     return [sys.executable, "-m", "mcl.cli", *args]
 
 
+def _canonical_path(value: str) -> str:
+    """``value`` as an absolute path if it names a file or folder that exists (else unchanged)."""
+    return str(Path(value).resolve()) if os.sep in value and Path(value).exists() else value
+
+
+def _canonical_args(args: list[str]) -> list[str]:
+    """``args`` with every existing path, bare or as the value of ``key=value``, made absolute: a stage recorded
+    under ``--out /abs/runs/demo`` is the same stage when the demo is called with ``--out runs/demo``."""
+    canonical = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and os.sep not in key:
+            canonical.append(f"{key}={_canonical_path(value)}")
+        else:
+            canonical.append(_canonical_path(arg))
+    return canonical
+
+
 def _stage_record(folder: Path, args: list[str]) -> dict | None:
-    """The stage's saved record if it finished with these very ``args`` (else it runs again)."""
+    """The stage's saved record if it finished with these very ``args``, paths compared absolute (else it runs
+    again)."""
     path = folder / "stage.json"
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    return record if record.get("args") == args else None
+    recorded = record.get("args")
+    return record if recorded is not None and _canonical_args(recorded) == _canonical_args(args) else None
+
+
+def _clear_stage(folder: Path, log_path: Path, say) -> None:
+    """Make room for a stage to run: an interrupted one (no ``stage.json``) is removed; a finished one whose
+    arguments changed is kept, with its log, as ``<stage>.replaced-N`` (its checkpoints and figures may be
+    someone's only copy), and the demo says where."""
+    if not (folder / "stage.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    n = 1
+    while folder.with_name(f"{folder.name}.replaced-{n}").exists():
+        n += 1
+    kept = folder.with_name(f"{folder.name}.replaced-{n}")
+    folder.rename(kept)
+    if log_path.is_file():
+        log_path.rename(kept / "stage.log")
+    say(f"  {folder} finished earlier with other arguments: kept as {kept}; running the stage again")
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -237,8 +274,9 @@ def _stage(out: Path, seed: int, stage: str, command: str, args: list[str], say,
         except (OSError, KeyError, ValueError):
             pass
         return {**record, "reused": True}
-    shutil.rmtree(folder, ignore_errors=True)       # an interrupted or changed stage starts again from scratch
-    seconds = _run(_mcl(command, *args), out / f"seed{seed}" / f"{stage}.log", say, threads)
+    log_path = out / f"seed{seed}" / f"{stage}.log"
+    _clear_stage(folder, log_path, say)
+    seconds = _run(_mcl(command, *args), log_path, say, threads)
     record = {**record_of(folder, seconds), "args": args}
     _save_record(folder, record)
     return record
