@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from mcl import demo
 from mcl.demo import (
     PLANS,
     DemoPlan,
@@ -171,6 +172,9 @@ def test_tiny_demo_runs_every_stage_reuses_them_and_repeats_exactly(tmp_path):
         probe = runs[method]["probe"]["results"]
         assert set(probe["segmentation"]) == {"fpn", "c5"} and "AP" in probe["detection"]["bbox"]
     assert "seg mIoU FPN" in (tmp_path / "a" / "results.md").read_text()
+    noise = summary["heldout_noise"]["0"]
+    assert set(noise["ap_se"]) == {"mcl", "random"} and set(noise["gain_se"]) == {"mcl"}
+    assert noise["images"] == PLANS["tiny"].val and noise["resamples"] == demo.HELDOUT_RESAMPLES
 
     second = _demo(tmp_path / "b")
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
@@ -419,3 +423,48 @@ def test_a_worker_the_seed_cannot_use_starts_the_next_seeds_stages(tmp_path, mon
     assert first_start_of_1 < last_end_of_0 and events[last_end_of_0][2] == "finetune_mcl"
     first_start_of_1, last_end_of_0 = run(jobs=1)
     assert first_start_of_1 > last_end_of_0
+
+
+def _heldout_seed(tmp_path, detections: dict) -> "demo.SeedStages":
+    """A finished seed 0 in ``tmp_path``: 4 held-out scenes with one object each and ``detections[method]`` (image
+    ids whose object each method found) as its fine-tune's predictions."""
+    images = [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in range(1, 5)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [8, 8, 20, 20], "area": 400, "iscrowd": 0}
+            for i in range(1, 5)]
+    scenes = tmp_path / "seed0" / "scenes"
+    scenes.mkdir(parents=True)
+    (scenes / "val.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                 "categories": [{"id": 1, "name": "square"}]}))
+    graph = demo.SeedStages(tmp_path, PLANS["tiny"], 0, tuple(detections), lambda _: None, None)
+    graph._scenes = {"val_json": str(scenes / "val.json"), "val_images": str(scenes)}
+    for method, found in detections.items():
+        folder = tmp_path / "seed0" / f"finetune_{method}" / "eval"
+        folder.mkdir(parents=True)
+        (folder / "predictions_bbox.json").write_text(json.dumps(
+            [{"image_id": i, "category_id": 1, "bbox": [8, 8, 20, 20], "score": 0.9} for i in found]))
+        graph.runs[method]["finetune"] = {"seconds": 1.0}
+    return graph
+
+
+def test_the_held_out_error_of_a_gain_comes_from_one_bootstrap_of_the_seeds_held_out_scenes(tmp_path):
+    graph = _heldout_seed(tmp_path, {"mcl": [1, 2], "moco": [1, 2], "random": [1]})
+    noise = demo.heldout_noise(graph, ("mcl", "moco", "random"), resamples=300)
+    # MCL and MoCo v2 found the same objects: the draws move both APs, never their difference from each other, so
+    # their gains over random init vary alike on every draw; random init finds fewer, so the gains do vary
+    assert noise["gain_se"]["mcl"] == noise["gain_se"]["moco"] > 5
+    assert noise["ap_se"]["mcl"] > 5 and set(noise["gain_se"]) == {"mcl", "moco"}
+    assert noise["images"] == 4 and noise["resamples"] == 300
+    assert demo.heldout_noise(graph, ("supervised",)) == {"ap_se": {}, "gain_se": {}}   # no detections: nothing
+
+
+def test_the_held_out_table_sets_each_seeds_error_beside_the_spread_over_seeds():
+    per_seed = {"0": {"mcl": _record(0.10), "random": _record(0.08, pretrain=False)},   # +2.0
+                "1": {"mcl": _record(0.30), "random": _record(0.26, pretrain=False)}}   # +4.0
+    noise = {"0": {"ap_se": {}, "gain_se": {"mcl": 0.6}, "images": 128, "resamples": 200},
+             "1": {"ap_se": {}, "gain_se": {"mcl": 0.8}, "images": 128, "resamples": 200}}
+    summary = {**_summary(per_seed, [0, 1]), "per_seed": per_seed, "heldout_noise": noise}
+    row = next(x for x in demo.render_heldout(summary).splitlines() if x.startswith("MCL"))
+    assert "+2.0 ± 0.6 (seed 0), +4.0 ± 0.8 (seed 1)" in row
+    assert row.split()[-2:] == ["0.7", "1.4"]          # rms of 0.6 and 0.8; sample std of 2.0 and 4.0
+    one = {**_summary({"0": per_seed["0"]}, [0]), "per_seed": per_seed, "heldout_noise": {"0": noise["0"]}}
+    assert "one seed: not measured" in render_table(one)

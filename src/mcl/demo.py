@@ -535,6 +535,7 @@ def run_demo(out: Path, plan: DemoPlan, seeds: list[int], methods: tuple[str, ..
                           if EQUAL_TIME in methods else ""),
                "per_seed": per_seed, "aggregate": aggregate(per_seed, methods),
                "paired_vs_random": paired_gains(per_seed, methods),
+               "heldout_noise": {str(graph.seed): heldout_noise(graph, methods) for graph in graphs},
                # wall-clock of this call only: stages reused from an earlier call count ~0 here (their own
                # "seconds" keep the time they took when they ran)
                "elapsed_s": time.perf_counter() - start, "seed_elapsed_s": seed_seconds,
@@ -620,6 +621,36 @@ def paired_gains(per_seed: dict, methods, baseline: str = "random") -> dict:
     return gains
 
 
+HELDOUT_RESAMPLES = 200  # bootstrap draws of a seed's held-out scenes: a standard error to within about 5%
+
+
+def heldout_noise(graph: SeedStages, methods, baseline: str = "random",
+                  resamples: int = HELDOUT_RESAMPLES) -> dict:
+    """How much of one seed's fine-tuned AP box, and of each gain over ``baseline``, is down to which scenes were
+    held out: ``{"ap_se": {method: SE}, "gain_se": {method: SE}}`` in AP points, from a paired bootstrap of the
+    seed's held-out scenes (:func:`mcl.transfer.ap_bootstrap.paired_ap_bootstrap`: every method's detections scored
+    on the same draws). The trained detectors stay fixed, so this is the evaluation's share of the noise only: the
+    seed-to-seed spread of a gain also carries the training's (other scenes, another fine-tuning run). A method
+    whose detections are missing (a stage of an older demo) is left out."""
+    from mcl.transfer.ap_bootstrap import paired_ap_bootstrap
+    from mcl.transfer.coco_data import load_coco_json
+
+    detections = {}
+    for method in methods:
+        path = graph.out / f"seed{graph.seed}" / f"finetune_{method}" / "eval" / "predictions_bbox.json"
+        if "finetune" in graph.runs.get(method, {}) and path.is_file():
+            detections[method] = json.loads(path.read_text())
+    if not detections:
+        return {"ap_se": {}, "gain_se": {}}
+    result = paired_ap_bootstrap(load_coco_json(graph.scenes()["val_json"]), detections, resamples, seed=graph.seed)
+    gain_se = {}
+    for (a, b), se in result["diff_se"].items():
+        if baseline in (a, b):
+            gain_se[b if a == baseline else a] = 100.0 * se
+    return {"ap_se": {m: 100.0 * se for m, se in result["se"].items()}, "gain_se": gain_se,
+            "resamples": resamples, "images": result["images"]}
+
+
 def _mean_std(values: list[float]) -> dict:
     if not values:
         return {"mean": None, "std": None, "n": 0}
@@ -673,6 +704,8 @@ def render_table(summary: dict, markdown: bool = False) -> str:
     paired = summary.get("paired_vs_random") or {}
     if n > 1 and paired:
         text += "\n\n" + render_paired(paired, markdown)
+    if any((noise or {}).get("gain_se") for noise in (summary.get("heldout_noise") or {}).values()):
+        text += "\n\n" + render_heldout(summary, markdown)
     return text
 
 
@@ -712,6 +745,44 @@ def render_paired(paired: dict, markdown: bool = False) -> str:
              f"'outside the noise': paired t p < {SIGNIFICANCE})")
     return (f"**{title}**\n\n" if markdown else f"{title}\n") + table(["init", "figure", "gain", "verdict"], rows,
                                                                         markdown)
+
+
+def render_heldout(summary: dict, markdown: bool = False) -> str:
+    """Each init's AP box gain over random init per seed, with its standard error from the held-out scenes alone
+    (``heldout_noise``), beside the gain's spread over seeds: when the first is much the smaller, more held-out
+    scenes would not sharpen the comparison, and more seeds would."""
+    from mcl.bench.report import table
+
+    noise = summary.get("heldout_noise") or {}
+    seeds = [str(s) for s in summary["seeds"] if str(s) in noise]
+    rows = []
+    for method in fine_tuned(summary):
+        if method == "random":
+            continue
+        gains, ses = [], []
+        for seed in seeds:
+            runs, se = summary["per_seed"].get(seed, {}), noise[seed]["gain_se"].get(method)
+            ours = _figure(runs.get(method, {}), "bbox/AP") if method in runs else None
+            theirs = _figure(runs.get("random", {}), "bbox/AP") if "random" in runs else None
+            if se is not None and ours is not None and theirs is not None:
+                gains.append((seed, ours - theirs))
+                ses.append(se)
+        if not gains:
+            continue
+        typical = (statistics.fmean(se * se for se in ses)) ** 0.5        # root mean square over seeds
+        spread = (f"{statistics.stdev(g for _, g in gains):.1f}" if len(gains) > 1
+                  else "one seed: not measured (--seeds N)")
+        rows.append([METHOD_LABELS[method],
+                     ", ".join(f"{g:+.1f} ± {se:.1f} (seed {s})" for (s, g), se in zip(gains, ses)),
+                     f"{typical:.1f}", spread])
+    first = noise[seeds[0]] if seeds else {}
+    title = (f"AP box gain over random init, and how much of it the held-out scenes alone could move (± one standard "
+             f"error from a paired bootstrap of the {first.get('images', '?')} held-out scenes, "
+             f"{first.get('resamples', '?')} draws; the trained detectors fixed). A held-out error well under the "
+             f"spread over seeds means the training, not the scoring, makes the noise: more seeds sharpen the "
+             f"comparison, more held-out scenes would not")
+    headers = ["init", "gain per seed ± held-out error", "held-out error (rms)", "spread over seeds (std)"]
+    return (f"**{title}**\n\n" if markdown else f"{title}\n") + table(headers, rows, markdown)
 
 
 def plot(summary: dict, path: Path) -> Path:
