@@ -20,6 +20,9 @@ For each seed ``s``:
 5. **Positive control** (``plan.probe_control``): random init's fine-tuned detector, trained on those labels, is
    probed like the inits (row ``CONTROL``): the probes must tell it from random init before their ranking of the
    pretrained inits means anything.
+6. **Noise**: each init's AP box gain over random init within the seed, with a sign test and a paired t-test over
+   seeds, and with the gain's standard error from the held-out scenes alone (a paired bootstrap of that seed's
+   held-out scenes, :func:`heldout_noise`), so the table says whether the scoring or the training makes the noise.
 
 Stages run ``jobs`` at a time (default 2 on 2+ cores), each a subprocess with its share of the cores; with several
 seeds, a worker that the current seed cannot use (its last fine-tune still running) starts the next seed's stages.
