@@ -765,8 +765,7 @@ def render_heldout(summary: dict, markdown: bool = False) -> str:
         gains, ses = [], []
         for seed in seeds:
             runs, se = summary["per_seed"].get(seed, {}), noise[seed]["gain_se"].get(method)
-            ours = _figure(runs.get(method, {}), "bbox/AP") if method in runs else None
-            theirs = _figure(runs.get("random", {}), "bbox/AP") if "random" in runs else None
+            ours, theirs = _figure(runs.get(method, {}), "bbox/AP"), _figure(runs.get("random", {}), "bbox/AP")
             if se is not None and ours is not None and theirs is not None:
                 gains.append((seed, ours - theirs))
                 ses.append(se)

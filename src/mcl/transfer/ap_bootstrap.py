@@ -24,6 +24,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mcl.transfer.evaluate import _for_type
+
 _ALL_SIZES = 0          # COCOeval.params.areaRng[0]: every object size
 _MAX_DETS = 100         # COCOeval.params.maxDets[-1]
 
@@ -31,8 +33,7 @@ _MAX_DETS = 100         # COCOeval.params.maxDets[-1]
 def _matched(gt: COCO, detections: list[dict], iou_type: str) -> COCOeval:
     """``COCOeval`` after ``evaluate()`` on every ground-truth image (``detections`` non-empty)."""
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(detections)), iou_type)
-        evaluator.params.imgIds = sorted(gt.getImgIds())
+        evaluator = COCOeval(gt, gt.loadRes(_for_type(detections, iou_type)), iou_type)    # every image of gt
         evaluator.evaluate()
     return evaluator
 
