@@ -68,9 +68,11 @@ def test_the_full_set_ap_is_pycocotools_own_and_a_perfect_detector_never_varies(
     assert result["se"]["perfect"] == pytest.approx(0, abs=1e-12)
 
 
-def test_draws_repeat_with_the_seed_and_too_few_resamples_is_refused():
+def test_draws_repeat_with_the_seed_and_too_few_resamples_or_no_images_are_refused():
     gt = coco([[(10, 10, 30, 30)], [(50, 50, 30, 30)], [(5, 60, 20, 20)]])
     dets = {"a": found(gt, {1})}
     assert paired_ap_bootstrap(gt, dets, resamples=30, seed=3) == paired_ap_bootstrap(gt, dets, resamples=30, seed=3)
     with pytest.raises(ValueError, match="resamples must be at least 2"):
         paired_ap_bootstrap(gt, dets, resamples=1)
+    with pytest.raises(ValueError, match="no images to draw from"):
+        paired_ap_bootstrap(coco([]), {"a": []}, resamples=10)

@@ -72,6 +72,8 @@ def paired_ap_bootstrap(gt: COCO, detections: dict[str, list[dict]], resamples: 
     if resamples < 2:
         raise ValueError(f"resamples must be at least 2, got {resamples}")
     n_images = len(gt.getImgIds())
+    if n_images == 0:
+        raise ValueError("the ground truth has no images to draw from; give a COCO json with held-out images")
     evaluators = {name: _matched(gt, dets, iou_type) if dets else None for name, dets in detections.items()}
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, n_images, n_images) for _ in range(resamples)]
@@ -81,12 +83,12 @@ def paired_ap_bootstrap(gt: COCO, detections: dict[str, list[dict]], resamples: 
         return _ap_on(evaluators[name], draw) if evaluators[name] is not None else 0.0
 
     names = list(detections)
+    full_ap = {name: ap(name, full) for name in names}
     per_draw = {name: [ap(name, d) for d in draws] for name in names}
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     return {
-        "images": n_images, "resamples": resamples,
-        "ap": {name: ap(name, full) for name in names},
+        "images": n_images, "resamples": resamples, "ap": full_ap,
         "se": {name: statistics.stdev(per_draw[name]) for name in names},
-        "diff": {(a, b): ap(a, full) - ap(b, full) for a, b in pairs},
+        "diff": {(a, b): full_ap[a] - full_ap[b] for a, b in pairs},
         "diff_se": {(a, b): statistics.stdev([x - y for x, y in zip(per_draw[a], per_draw[b])]) for a, b in pairs},
     }
