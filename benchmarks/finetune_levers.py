@@ -1,6 +1,7 @@
 """What would make the demo's CPU fine-tuning cheaper: seconds per image under each lever, and how stages share cores.
 
-Run from the repository root: ``python3 benchmarks/finetune_levers.py [--repeats 6] [--steps 16]``.
+Run from the repository root: ``python3 benchmarks/finetune_levers.py [--repeats 6] [--steps 16] [--loader]``
+(``--skip-levers``, ``--skip-sharing``: leave sections 1, 2 out).
 
 1. **Levers inside one step** (one thread): the demo's Mask R-CNN R18-FPN 64 (5 scene-sized anchors, 300 / 100 RPN
    proposals, 32 RoIs per image, scales 112-144 on 128 px scenes, masks on), forward + backward, against the same
@@ -9,16 +10,23 @@ Run from the repository root: ``python3 benchmarks/finetune_levers.py [--repeats
    ``--profile``: also where the demo step's time goes, ``torch.profiler``'s operators by self CPU time.
 2. **How stages share the cores**: the default step in 1 process with 1 thread, 1 process with 2 threads, 2 and 3
    one-thread processes at once (seconds per image of each process, and the machine's images per second).
+3. ``--loader``: **the whole fine-tune command** (``mcl finetune`` with the quick demo's arguments, Lightning, one
+   thread) with its data loader in one worker process (``finetune_cpu_smoke``'s ``data.num_workers=1``) against in
+   the main process (``data.num_workers=0``): seconds per iteration from the logged steps' wall times (the first
+   logged step, start-up and the final evaluation left out), the two taking turns.
 
 The demo's 3 fine-tunes are ``3 x iterations x 2 images x s_per_image`` of one-core work, whatever the schedule.
 """
 
 import argparse
+import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -116,22 +124,69 @@ def sharing(images: int) -> None:
               f"{rate:.2f} images/s in all")
 
 
+def logged_step_seconds(run: Path) -> float:
+    """Seconds per iteration between the second and the last logged training step of a fine-tune ``run``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "logs"))
+    events.Reload()
+    loss = events.Scalars("train/loss")
+    return (loss[-1].wall_time - loss[1].wall_time) / (loss[-1].step - loss[1].step)
+
+
+def loader(repeats: int, iterations: int) -> None:
+    from mcl.demo import PLANS
+
+    print(f"3. the quick demo's fine-tune command, 1 thread, {iterations} iterations, seconds per iteration "
+          f"(median of {repeats} runs each, turns taken):")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH="src")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        train = write_coco_scenes(root / "scenes", 64, seed=0, size=128, split_name="train")
+        val = write_coco_scenes(root / "scenes", 8, seed=1, size=128, split_name="val")
+        times = {1: [], 0: []}
+        for r in range(repeats):
+            for workers in times:
+                out = root / f"run{r}_{workers}"
+                cmd = [sys.executable, "-m", "mcl.cli", "finetune", "--config", "finetune_cpu_smoke", "--init",
+                       "random", "--out", str(out), "--train-json", str(train), "--train-images", str(root / "scenes"),
+                       "--val-json", str(val), "--val-images", str(root / "scenes"),
+                       f"schedule.iterations_1x={iterations}", "schedule.reference_batch=2", "trainer.seed=0",
+                       "trainer.progress_bar=false", "trainer.log_every_steps=10",
+                       *PLANS["quick"].finetune_overrides, f"data.num_workers={workers}"]
+                subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                times[workers].append(logged_step_seconds(out))
+                shutil.rmtree(out)
+        base = statistics.median(times[1])
+        for workers, values in times.items():
+            where = "one worker process" if workers else "the main process"
+            s = statistics.median(values)
+            print(f"  loader in {where:18s} {s:.3f} s ({', '.join(f'{v:.3f}' for v in values)}; "
+                  f"{s / base:.2f} x one worker's)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--steps", type=int, default=16, help="steps of 2 images per measurement")
+    parser.add_argument("--skip-levers", action="store_true")
     parser.add_argument("--skip-sharing", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also profile the demo step by operator")
+    parser.add_argument("--loader", action="store_true", help="also time the whole fine-tune command's loader")
+    parser.add_argument("--loader-iterations", type=int, default=160)
     parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, 2 * args.steps)
         return 0
-    levers(args.repeats, 2 * args.steps)
+    if not args.skip_levers:
+        levers(args.repeats, 2 * args.steps)
     if args.profile:
         profile(2 * args.steps)
     if not args.skip_sharing:
         sharing(2 * args.steps)
+    if args.loader:
+        loader(args.repeats, args.loader_iterations)
     return 0
 
 

@@ -117,7 +117,12 @@ DEMO_MOCO = ("model.queue_size=64", ONLINE_PROBE)
 # lr 0.01 at batch 2, not finetune_cpu_smoke's 0.02: random init learned faster with it (AP box 0.6 / 2.1 after 400 /
 # 800 iterations, against 0.2 / 1.7 at 0.02 and 0.1 / 0.6 at 0.04; docs/results.md, "The regime")
 DEMO_LR = "schedule.base_lr=0.01"
-DEMO_FINETUNE = (SCENE_ANCHORS, NARROW_FPN, UNIT_VARIANCE_INIT, DEMO_LR)
+# The fine-tunes' loader in the main process, not finetune_cpu_smoke's one worker process: the whole fine-tune command
+# ran 0.90x the seconds per iteration with it (0.459 against 0.507 s, one thread, median of 3 runs each:
+# `python3 benchmarks/finetune_levers.py --skip-levers --skip-sharing --loader --repeats 3`), and a worker process would
+# take its share of the 2 cores from the stage running beside it. Loading 2 scenes is ~1% of a step either way.
+IN_PROCESS_LOADER = "data.num_workers=0"
+DEMO_FINETUNE = (SCENE_ANCHORS, NARROW_FPN, UNIT_VARIANCE_INIT, DEMO_LR, IN_PROCESS_LOADER)
 # The quick plan's lr held at its peak until 90% of the fine-tune, then x0.1 once (the paper's x0.1 at 2/3 and 8/9 is
 # finetune_cpu_smoke's default): random init read 6.1 AP box at 2,000 iterations with the lr at its peak, 4.5 after
 # the paper's steps at 1,333 and 1,778, which come before the detector has learned the shapes; with this schedule it
@@ -152,7 +157,7 @@ PLANS = {
                                          "loss.level_weights=[0.5,0.5]", "probe.every_steps=0"),
                      moco_overrides=(*DEMO_MOCO, "data.batch_size=32", "data.num_workers=0", "probe.every_steps=0"),
                      finetune_overrides=(*DEMO_FINETUNE, "input.train_min_sizes=[64]", "input.test_min_size=64",
-                                         "input.max_size=96", "data.num_workers=0"),
+                                         "input.max_size=96"),
                      probe_det_iterations=2,
                      probe_args=("--image-size", "64", "--max-pixels", "2000", "--steps", "10", *DEMO_PROBE,
                                  "input.train_min_sizes=[64]", "input.test_min_size=64", "input.max_size=96")),
