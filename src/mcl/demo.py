@@ -145,7 +145,7 @@ PLANS = {
                      probe_det_iterations=600, probe_args=DEMO_PROBE),
     # 256 labelled scenes (not 64) and 128 held out (not 32): ~1,100 train and ~550 held-out objects, so that one
     # detection moves AP by far less than a point; 3,000 iterations with one late lr step (LATE_LR_STEP): the shorter
-    # of the two schedules tried in which random init passed 15 AP box; 40-55 minutes on 2 cores, by the machine
+    # of the two schedules tried in which random init passed 15 AP box; 43-50 minutes on two 2-core VMs (docs/results)
     "quick": DemoPlan("quick", pretrain_steps=300, finetune_iterations=3000, train=256, val=128,
                       pretrain_overrides=DEMO_MCL, moco_overrides=DEMO_MOCO,
                       finetune_overrides=(*DEMO_FINETUNE, LATE_LR_STEP),
