@@ -119,8 +119,8 @@ DEMO_MOCO = ("model.queue_size=64", ONLINE_PROBE)
 DEMO_LR = "schedule.base_lr=0.01"
 # The fine-tunes' loader in the main process, not finetune_cpu_smoke's one worker process: the whole fine-tune command
 # ran 0.90x the seconds per iteration with it (0.459 against 0.507 s, one thread, median of 3 runs each:
-# `python3 benchmarks/finetune_levers.py --skip-levers --skip-sharing --loader --repeats 3`), and a worker process would
-# take its share of the 2 cores from the stage running beside it. Loading 2 scenes is ~1% of a step either way.
+# `python3 benchmarks/finetune_levers.py --skip-levers --skip-sharing --loader --repeats 3`; 0.87x the quick demo's wall
+# time, docs/results.md). Loading 2 scenes is ~1% of a step either way: the cost is in handing batches over.
 IN_PROCESS_LOADER = "data.num_workers=0"
 DEMO_FINETUNE = (SCENE_ANCHORS, NARROW_FPN, UNIT_VARIANCE_INIT, DEMO_LR, IN_PROCESS_LOADER)
 # The quick plan's lr held at its peak until 90% of the fine-tune, then x0.1 once (the paper's x0.1 at 2/3 and 8/9 is
